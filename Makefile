@@ -1,0 +1,26 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,nerfstudio]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nf-precond sparsity --output-dir outputs/demo
+	$(BIN)/nf-precond condition --output-dir outputs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not benchmark"
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

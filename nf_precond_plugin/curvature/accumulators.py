@@ -1,0 +1,22 @@
+"""Accumulators that fold per-step curvature samples x into a running estimate a, in place.
+
+- EMA: a ← β a + (1 − β) x. Started from 0, E[a_n] = (1 − βⁿ) E[x], hence the debiasing 1/(1 − βⁿ).
+- running max: a ← max(β a, x), an infinity-norm accumulator as in Adamax, decayed by β.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ema_(accumulator: torch.Tensor, sample: torch.Tensor, beta: float) -> torch.Tensor:
+    return accumulator.mul_(beta).add_(sample, alpha=1.0 - beta)
+
+
+def decayed_max_(accumulator: torch.Tensor, sample: torch.Tensor, beta: float) -> torch.Tensor:
+    return torch.maximum(accumulator.mul_(beta), sample, out=accumulator)
+
+
+def ema_debias(beta: float, count: int) -> float:
+    """1 − β^count, the mass an EMA started at zero has gathered after ``count`` samples."""
+    return 1.0 - beta**count
