@@ -1,0 +1,69 @@
+"""`nf-precond`: the paper's diagnostics as commands (tyro subcommands, like nerfstudio's CLIs).
+
+    nf-precond sparsity --activation relu-pe --json     # Fig. 4: HVP sparsity during training
+    nf-precond condition --json                         # Fig. 2: κ of H under D^E and D^J
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Union
+
+import tyro
+from rich.console import Console
+from rich.table import Table
+
+from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
+from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
+from nf_precond_plugin.errors import UserInputError
+
+Command = Union[
+    Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")],
+    Annotated[ConditionConfig, tyro.conf.subcommand("condition")],
+]
+
+_console = Console(stderr=True)
+
+
+def _show_sparsity(result: dict) -> None:
+    table = Table(title=f"HVP sparsity, {result['activation']} (τ = {result['tolerance']:g})")
+    table.add_column("layer")
+    table.add_column("fraction of zero Hv entries", justify="right")
+    for layer, value in result["per_layer"].items():
+        table.add_row(layer, f"{value:.4f}")
+    table.add_row("[bold]overall", f"[bold]{result['sparsity']:.4f}")
+    _console.print(table)
+
+
+def _show_condition(result: dict) -> None:
+    table = Table(title="Condition numbers (median over GD steps)")
+    table.add_column("matrix")
+    table.add_column("κ", justify="right")
+    for key, label in (("kappa_H", "H"), ("kappa_E", "D_E^-1/2 H D_E^-1/2"), ("kappa_J", "D_J^-1/2 H D_J^-1/2")):
+        table.add_row(label, f"{result[key]:.4g}")
+    _console.print(table)
+    _console.print(f"κ: {result['kappa_definition']}")
+    _console.print(f"paper's ordering holds: {result['ordering_holds']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = tyro.cli(Command, args=argv, prog="nf-precond", description=__doc__)
+    try:
+        if isinstance(config, SparsityConfig):
+            result, show = run_sparsity(config, progress=not config.json), _show_sparsity
+        else:
+            result, show = run_condition(config, progress=not config.json), _show_condition
+    except (UserInputError, ValueError) as error:
+        _console.print(f"[red]nf-precond: error:[/red] {error}", highlight=False)
+        return 2
+    if config.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    else:
+        show(result)
+        _console.print(f"run directory: {result['run_dir']}\nplot: {result['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Task data: loaders with clear errors, and embedded defaults that need no download."""

@@ -1,0 +1,1 @@
+"""Diagnostics that reproduce the paper's analysis figures (Fig. 2 and Fig. 4)."""
