@@ -17,6 +17,7 @@ from rich.table import Table
 from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
 from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
 from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.runtime import configure_entry_point
 
 Command = Union[
     Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")],
@@ -49,6 +50,7 @@ def _show_condition(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(Command, args=argv, prog="nf-precond", description=__doc__)
+    configure_entry_point()
     try:
         if isinstance(config, SparsityConfig):
             result, show = run_sparsity(config, progress=not config.json), _show_sparsity

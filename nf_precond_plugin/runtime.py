@@ -16,3 +16,20 @@ def enable_fast_cpu_math() -> bool:
     results only by values below that threshold. Returns whether the CPU supports it.
     """
     return bool(torch.set_flush_denormal(True))
+
+
+def silence_create_graph_warning() -> None:
+    """Hide torch's warning about ``backward(create_graph=True)`` reference cycles.
+
+    The curvature optimizers detach every ``p.grad`` at the end of ``step()``, which breaks the
+    param↔grad cycle the warning is about, so in our own loops it is noise.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True", category=UserWarning)
+
+
+def configure_entry_point() -> None:
+    """What every project CLI, runner and trainer does first."""
+    enable_fast_cpu_math()
+    silence_create_graph_warning()
