@@ -39,6 +39,8 @@ def validate_common(
         raise ValueError(f"Invalid learning rate: lr={lr} (expected lr >= 0)")
     if not 0.0 <= eps:
         raise ValueError(f"Invalid epsilon value: eps={eps} (expected eps >= 0)")
+    if len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} (expected two values, (beta1, beta2))")
     for index, beta in enumerate(betas):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta} (expected 0 <= beta < 1)")
