@@ -46,9 +46,9 @@ def validate_common(
             raise ValueError(f"Invalid beta parameter at index {index}: {beta} (expected 0 <= beta < 1)")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay} (expected weight_decay >= 0)")
-    if not (isinstance(update_d_every, int) and update_d_every >= 1):
+    if isinstance(update_d_every, bool) or not (isinstance(update_d_every, int) and update_d_every >= 1):
         raise ValueError(f"Invalid update_d_every: {update_d_every!r} (expected an integer >= 1)")
-    if not (isinstance(d_warmup, int) and d_warmup >= 1):
+    if isinstance(d_warmup, bool) or not (isinstance(d_warmup, int) and d_warmup >= 1):
         raise ValueError(f"Invalid d_warmup: {d_warmup!r} (expected an integer >= 1)")
 
 
