@@ -7,7 +7,8 @@ Prints (and writes as JSON with --json-out):
   - double backward vs forward-over-reverse for gradient + H·v;
   - peak memory of an ESGD run vs an Adam run (each in a fresh subprocess: peak RSS on CPU,
     torch.cuda.max_memory_allocated on CUDA);
-  - Adam step time with and without flushing subnormals on the CPU.
+  - the step time of a trained field with and without flushing subnormals on the CPU, for the
+    project's Gaussian (exponent clamped at 87) and for the textbook exp(−z²/2σ²).
 
     .venv/bin/python benchmarks/step_time.py [--device cuda] [--repeats 5]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -67,36 +69,47 @@ def train_steps(model, batch, optimizer, steps: int, device: str) -> float:
     return time.perf_counter() - start
 
 
-def amortised_ratio(device: str, repeats: int) -> dict:
-    """Mean step time over one full HVP cycle (100 steps after the 50-step warm-up), ESGD vs Adam."""
+def interleaved_ms(runs: dict, steps: int, device: str) -> dict[str, float]:
+    """Mean ms per step of each (model, batch, optimizer) run, alternating one step of each in
+    turn so that every run sees the same machine state (the noise here is ±10% over seconds)."""
+    totals = dict.fromkeys(runs, 0.0)
+    for _ in range(steps):
+        for name, (model, batch, optimizer) in runs.items():
+            totals[name] += train_steps(model, batch, optimizer, 1, device)
+    return {name: 1e3 * total / steps for name, total in totals.items()}
+
+
+def amortised_ratio(device: str, cycles: int, lr_scale: float) -> dict:
+    """Mean step time over whole HVP cycles (100 steps each, after the 50-step warm-up), ESGD vs Adam.
+
+    With lr_scale = 0 both models stay at the same initialisation, so the ratio isolates what the
+    optimizer adds; with 1 each follows its own trajectory, whose forward/backward cost can differ.
+    """
     model_a, batch_a = make_problem(device)
     model_e, batch_e = make_problem(device)
-    adam = torch.optim.Adam(model_a.parameters(), lr=paper_lr("adam", "gaussian"))
-    esgd = ESGD(model_e.parameters(), lr=paper_lr("esgd", "gaussian"))
-    train_steps(model_a, batch_a, adam, 60, device)
-    train_steps(model_e, batch_e, esgd, 60, device)  # past the warm-up: one HVP per 100 steps now
-    adam_times, esgd_times = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine state
-        adam_times.append(train_steps(model_a, batch_a, adam, 100, device) / 100)
-        esgd_times.append(train_steps(model_e, batch_e, esgd, 100, device) / 100)
-    adam_ms, esgd_ms = 1e3 * statistics.median(adam_times), 1e3 * statistics.median(esgd_times)
-    return {"adam_step_ms": adam_ms, "esgd_amortised_step_ms": esgd_ms, "esgd_amortised_vs_adam": esgd_ms / adam_ms}
+    adam = torch.optim.Adam(model_a.parameters(), lr=lr_scale * paper_lr("adam", "gaussian"))
+    esgd = ESGD(model_e.parameters(), lr=lr_scale * paper_lr("esgd", "gaussian"))
+    train_steps(model_a, batch_a, adam, 50, device)
+    train_steps(model_e, batch_e, esgd, 50, device)  # past the warm-up: one HVP per 100 steps now
+    ms = interleaved_ms({"adam": (model_a, batch_a, adam), "esgd": (model_e, batch_e, esgd)}, 100 * cycles, device)
+    tag = "same_state" if lr_scale == 0 else "training"
+    return {
+        f"adam_step_ms_{tag}": ms["adam"],
+        f"esgd_amortised_step_ms_{tag}": ms["esgd"],
+        f"esgd_amortised_vs_adam_{tag}": ms["esgd"] / ms["adam"],
+    }
 
 
-def hvp_step_ratio(device: str, repeats: int) -> dict:
-    """ESGD during warm-up (an HVP every step) vs ESGD between HVPs (plain steps)."""
+def hvp_step_ratio(device: str, steps: int) -> dict:
+    """An ESGD step with an H·v (warm-up never ends) vs one without (only step 0 had one)."""
     model_h, batch_h = make_problem(device)
     model_p, batch_p = make_problem(device)
     with_hvp = ESGD(model_h.parameters(), d_warmup=10**9)
-    plain = ESGD(model_p.parameters(), update_d_every=10**9)
+    plain = ESGD(model_p.parameters(), update_d_every=10**9, d_warmup=1)
     train_steps(model_h, batch_h, with_hvp, 5, device)
     train_steps(model_p, batch_p, plain, 5, device)
-    hvp_times, plain_times = [], []
-    for _ in range(repeats):
-        hvp_times.append(train_steps(model_h, batch_h, with_hvp, 20, device) / 20)
-        plain_times.append(train_steps(model_p, batch_p, plain, 20, device) / 20)
-    hvp_ms, plain_ms = 1e3 * statistics.median(hvp_times), 1e3 * statistics.median(plain_times)
-    return {"hvp_step_ms": hvp_ms, "plain_step_ms": plain_ms, "hvp_vs_plain_step": hvp_ms / plain_ms}
+    ms = interleaved_ms({"hvp": (model_h, batch_h, with_hvp), "plain": (model_p, batch_p, plain)}, steps, device)
+    return {"hvp_step_ms": ms["hvp"], "plain_step_ms": ms["plain"], "hvp_vs_plain_step": ms["hvp"] / ms["plain"]}
 
 
 def hvp_method_ratio(device: str, repeats: int) -> dict:
@@ -134,34 +147,64 @@ def hvp_method_ratio(device: str, repeats: int) -> dict:
     return {"double_backward_ms": r_ms, "forward_over_reverse_ms": f_ms, "double_backward_vs_forward_over_reverse": r_ms / f_ms}
 
 
-def flush_denormal_ratio(repeats: int) -> dict:
-    """Adam steps on the CPU with and without flushing subnormals."""
+def flush_denormal_child(flush: bool, repeats: int, raw_exp: bool) -> None:
+    """Run in a fresh process: the flag must be set before torch starts its worker threads,
+    which inherit the floating-point mode of the thread that creates them."""
+    del flush  # set by main() before the worker threads start
+    if raw_exp:  # the textbook exp(−z²/2σ²), whose underflowing tail produces subnormals
+        from nf_precond_plugin.fields import activations
+
+        activations.EXPONENT_CLAMP = float("inf")
+    model, batch = make_problem("cpu")
+    # a field trained by ESGD has large pre-activations, hence many underflowing exponentials
+    esgd = ESGD(model.parameters(), d_warmup=1, update_d_every=10**9)
+    train_steps(model, batch, esgd, 200, "cpu")
+    print(1e3 * statistics.median(train_steps(model, batch, esgd, 20, "cpu") / 20 for _ in range(repeats)))
+
+
+def flush_denormal_ratio(repeats: int, threads: int) -> dict:
+    """Plain ESGD steps of an ESGD-trained field on the CPU, with and without flushing subnormals,
+    with the clamped and the textbook Gaussian, each in a fresh process."""
     timings = {}
-    for flush in (False, True):
-        torch.set_flush_denormal(flush)
-        model, batch = make_problem("cpu")
-        adam = torch.optim.Adam(model.parameters(), lr=paper_lr("adam", "gaussian"))
-        train_steps(model, batch, adam, 5, "cpu")
-        timings[flush] = 1e3 * statistics.median(train_steps(model, batch, adam, 10, "cpu") / 10 for _ in range(repeats))
-    torch.set_flush_denormal(True)
-    return {"adam_step_ms_subnormals": timings[False], "adam_step_ms_flushed": timings[True], "subnormal_slowdown": timings[False] / timings[True]}
+    for raw in ("", "--raw-exp"):
+        for flush in ("0", "1"):
+            command = [sys.executable, __file__, "--flush-child", flush, "--repeats", str(repeats), "--threads", str(threads)]
+            out = subprocess.run(command + ([raw] if raw else []), check=True, capture_output=True, text=True)
+            timings[raw, flush] = float(out.stdout.strip().splitlines()[-1])
+    return {
+        "trained_step_ms_raw_exp_subnormals": timings["--raw-exp", "0"],
+        "trained_step_ms_raw_exp_flushed": timings["--raw-exp", "1"],
+        "raw_exp_subnormal_slowdown": timings["--raw-exp", "0"] / timings["--raw-exp", "1"],
+        "trained_step_ms_clamped_exp_subnormals": timings["", "0"],
+        "trained_step_ms_clamped_exp_flushed": timings["", "1"],
+        "clamped_exp_subnormal_slowdown": timings["", "0"] / timings["", "1"],
+        "raw_vs_clamped_exp_flushed": timings["--raw-exp", "1"] / timings["", "1"],
+    }
 
 
 def peak_memory_child(optimizer_name: str, device: str) -> None:
-    """Run in a fresh process: 150 training steps (covering HVP steps), print the peak memory in MiB."""
-    torch.set_flush_denormal(True)
+    """Run in a fresh process: 150 training steps (covering HVP steps), print the peak working memory in MiB."""
     model, batch = make_problem(device)
     if optimizer_name == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     else:
         optimizer = ESGD(model.parameters())
     if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        baseline = _current_rss()
     train_steps(model, batch, optimizer, 150, device)
     if device.startswith("cuda"):
-        print(torch.cuda.max_memory_allocated() / 2**20)
+        print((torch.cuda.max_memory_allocated() - baseline) / 2**20)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline) / 2**20)
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
 
 
 def peak_memory_ratio(device: str) -> dict:
@@ -172,34 +215,48 @@ def peak_memory_ratio(device: str) -> dict:
             check=True, capture_output=True, text=True,
         )
         peaks[name] = float(out.stdout.strip().splitlines()[-1])
-    kind = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak RSS of the whole process"
+    kind = (
+        "peak torch.cuda allocation above the state after one step"
+        if device.startswith("cuda")
+        else "peak RSS during 150 steps above the RSS before the first (optimizer state + autograd graphs)"
+    )
     return {"adam_peak_mib": peaks["adam"], "esgd_peak_mib": peaks["esgd"], "esgd_vs_adam_peak_memory": peaks["esgd"] / peaks["adam"], "memory_measure": kind}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the H·v-method and subnormal timings")
+    parser.add_argument("--cycles", type=int, default=4, help="100-step HVP cycles per amortised measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--peak-memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--flush-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-exp", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Before any parallel work: torch's worker threads inherit the floating-point mode of the
+    # thread that starts them, so setting it later would flush on the main thread only.
+    torch.set_flush_denormal(args.flush_child != "0")
     torch.set_num_threads(args.threads)
     if args.peak_memory_child:
         peak_memory_child(args.peak_memory_child, args.device)
         return
-    torch.set_flush_denormal(True)
+    if args.flush_child:
+        flush_denormal_child(args.flush_child == "1", args.repeats, args.raw_exp)
+        return
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads"
     results = {"device": device_name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
-    results.update(amortised_ratio(args.device, args.repeats))
-    results.update(hvp_step_ratio(args.device, args.repeats))
+    results.update(amortised_ratio(args.device, args.cycles, lr_scale=0.0))
+    results.update(amortised_ratio(args.device, args.cycles, lr_scale=1.0))
+    results.update(hvp_step_ratio(args.device, 50 * args.cycles))
     results.update(hvp_method_ratio(args.device, args.repeats))
     results.update(peak_memory_ratio(args.device))
     if args.device == "cpu":
-        results.update(flush_denormal_ratio(args.repeats))
+        results.update(flush_denormal_ratio(args.repeats, args.threads))
     for key, value in results.items():
         print(f"{key:42s} {value:.3f}" if isinstance(value, float) else f"{key:42s} {value}")
     if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
         with open(args.json_out, "w") as handle:
             json.dump(results, handle, indent=2)
 

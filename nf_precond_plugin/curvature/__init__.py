@@ -3,7 +3,13 @@
 Nothing here imports nerfstudio.
 """
 
-from nf_precond_plugin.curvature.accumulators import decayed_max_, ema_, ema_debias
+from nf_precond_plugin.curvature.accumulators import (
+    decayed_max_,
+    decayed_max_foreach_,
+    ema_,
+    ema_debias,
+    ema_foreach_,
+)
 from nf_precond_plugin.curvature.estimators import (
     ESTIMATORS,
     equilibration_sample,
@@ -17,8 +23,10 @@ __all__ = [
     "ESTIMATORS",
     "MISSING_GRAPH_HINT",
     "decayed_max_",
+    "decayed_max_foreach_",
     "ema_",
     "ema_debias",
+    "ema_foreach_",
     "equilibration_sample",
     "functional_hvp",
     "hvp",

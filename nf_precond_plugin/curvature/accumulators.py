@@ -20,3 +20,15 @@ def decayed_max_(accumulator: torch.Tensor, sample: torch.Tensor, beta: float) -
 def ema_debias(beta: float, count: int) -> float:
     """1 − β^count, the mass an EMA started at zero has gathered after ``count`` samples."""
     return 1.0 - beta**count
+
+
+def ema_foreach_(accumulators: list[torch.Tensor], samples: list[torch.Tensor], beta: float) -> None:
+    """``ema_`` over lists in a few fused multi-tensor kernels (as torch.optim's foreach paths)."""
+    torch._foreach_mul_(accumulators, beta)
+    torch._foreach_add_(accumulators, samples, alpha=1.0 - beta)
+
+
+def decayed_max_foreach_(accumulators: list[torch.Tensor], samples: list[torch.Tensor], beta: float) -> None:
+    """``decayed_max_`` over lists in fused multi-tensor kernels."""
+    torch._foreach_mul_(accumulators, beta)
+    torch._foreach_maximum_(accumulators, samples)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from nf_precond_plugin.curvature import decayed_max_, ema_, ema_debias
+from nf_precond_plugin.curvature import decayed_max_foreach_, ema_debias, ema_foreach_
 from nf_precond_plugin.optim.base import _STEP_KEY, CurvatureOptimizer, validate_common
 
 _MAX_LR_WARMUP_BASE = 0.99
@@ -98,25 +98,33 @@ def esgd(
     variant: str,
     bias_correction: str,
 ) -> None:
-    """The ESGD update, in place. ``samples`` are h² on curvature steps, else None."""
-    for i, (param, grad, exp_avg, curvature) in enumerate(zip(params, grads, exp_avgs, curvatures)):
-        n = hvp_counts[i]
-        if variant == "ema":
-            if samples is not None:
-                ema_(curvature, samples[i], beta2)
-            ema_(exp_avg, grad, beta1)
-            count = step if bias_correction == "paper" else n
-            denom = (curvature / ema_debias(beta2, count)).sqrt_().add_(eps)
-            if weight_decay:
-                param.mul_(1.0 - lr * weight_decay)
-            param.addcdiv_(exp_avg, denom, value=-lr / ema_debias(beta1, step))
-        else:
-            if samples is not None:
-                decayed_max_(curvature, samples[i], beta2)
-            ema_(exp_avg, grad, beta1)
-            nesterov = exp_avg.mul(beta1).add_(grad, alpha=1.0 - beta1)
-            scaled_lr = lr * (1.0 - _MAX_LR_WARMUP_BASE**n)
-            denom = curvature.sqrt().add_(eps)
-            if weight_decay:
-                param.mul_(1.0 - scaled_lr * weight_decay)
-            param.addcdiv_(nesterov, denom, value=-scaled_lr / ema_debias(beta1, step + 1))
+    """The ESGD update, in place, in fused multi-tensor kernels. ``samples`` are h² on curvature
+    steps, else None."""
+    if not params:
+        return
+    if variant == "ema":
+        if samples is not None:
+            ema_foreach_(curvatures, samples, beta2)
+        ema_foreach_(exp_avgs, grads, beta1)
+        counts = [step] * len(params) if bias_correction == "paper" else hvp_counts
+        denoms = torch._foreach_div(curvatures, [ema_debias(beta2, c) for c in counts])
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, eps)
+        if weight_decay:
+            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-lr / ema_debias(beta1, step))
+    else:
+        if samples is not None:
+            decayed_max_foreach_(curvatures, samples, beta2)
+        ema_foreach_(exp_avgs, grads, beta1)
+        nesterov = torch._foreach_mul(exp_avgs, beta1)
+        torch._foreach_add_(nesterov, grads, alpha=1.0 - beta1)
+        denoms = torch._foreach_sqrt(curvatures)
+        torch._foreach_add_(denoms, eps)
+        # the lr warm-up follows each parameter's own sample count n
+        scaled_lrs = [lr * (1.0 - _MAX_LR_WARMUP_BASE**n) for n in hvp_counts]
+        if weight_decay:
+            torch._foreach_mul_(params, [1.0 - s * weight_decay for s in scaled_lrs])
+        torch._foreach_div_(nesterov, denoms)
+        torch._foreach_mul_(nesterov, [-s / ema_debias(beta1, step + 1) for s in scaled_lrs])
+        torch._foreach_add_(params, nesterov)
