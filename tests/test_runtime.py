@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from nf_precond_plugin.fields import CoordinateMLP
+from nf_precond_plugin.fields import Gaussian
 
 SMALLEST_NORMAL_FP32 = torch.finfo(torch.float32).tiny  # 1.1755e-38
 
@@ -26,21 +26,44 @@ def test_entry_point_configuration_flushes_subnormals():
     assert _flush_state_after("from nf_precond_plugin.runtime import configure_entry_point; configure_entry_point()") == "flushed"
 
 
-def test_flushing_changes_gaussian_fields_only_below_the_smallest_normal():
-    torch.manual_seed(0)
-    model = CoordinateMLP(2, 3, hidden_features=64, num_layers=3, activation="gaussian", sigma=0.05)
-    x = torch.rand(4096, 2) * 2 - 1
-    pre = model.layers[0](x)
+def _textbook_gaussian(z: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.exp(-(z**2) / (2 * sigma**2))
+
+
+def test_flushing_changes_values_only_below_the_smallest_normal():
+    z = torch.linspace(-1, 1, 20001)
     try:
         torch.set_flush_denormal(False)
-        exact_act = model.activation(pre)
-        exact_out = model(x)
-        assert ((exact_act > 0) & (exact_act < SMALLEST_NORMAL_FP32)).any(), "test needs subnormal activations"
+        exact = _textbook_gaussian(z, 0.05)
+        assert ((exact > 0) & (exact < SMALLEST_NORMAL_FP32)).any(), "test needs subnormal values"
         torch.set_flush_denormal(True)
-        flushed_act = model.activation(pre)
-        flushed_out = model(x)
+        flushed = _textbook_gaussian(z, 0.05)
     finally:
         torch.set_flush_denormal(False)
-    assert (exact_act - flushed_act).abs().max() < SMALLEST_NORMAL_FP32
-    # downstream the lost mass is ~1e-38 × weights: invisible at float32 resolution of O(1) outputs
-    torch.testing.assert_close(flushed_out, exact_out, rtol=0, atol=1e-30)
+    assert (exact - flushed).abs().max() < SMALLEST_NORMAL_FP32
+    assert torch.equal(exact[exact >= SMALLEST_NORMAL_FP32], flushed[exact >= SMALLEST_NORMAL_FP32])
+
+
+def test_gaussian_activation_matches_the_textbook_formula_and_its_derivatives():
+    """The clamped, hand-differentiated Gaussian against autograd of exp(−z²/2σ²) in float64."""
+    sigma = 0.05
+    z = torch.linspace(-0.6, 0.6, 2001, dtype=torch.float64, requires_grad=True)  # clamp starts at |z| ≈ 0.66
+    ours = Gaussian(sigma)(z)
+    first = torch.autograd.grad(ours.sum(), z, create_graph=True)[0]
+    second = torch.autograd.grad(first.sum(), z)[0]
+    reference = _textbook_gaussian(z, sigma)
+    ref_first = torch.autograd.grad(reference.sum(), z, create_graph=True)[0]
+    ref_second = torch.autograd.grad(ref_first.sum(), z)[0]
+    torch.testing.assert_close(ours, reference, rtol=1e-13, atol=0)
+    torch.testing.assert_close(first, ref_first, rtol=1e-12, atol=1e-300)
+    torch.testing.assert_close(second, ref_second, rtol=1e-12, atol=1e-300)
+
+
+def test_gaussian_clamp_changes_values_by_less_than_the_smallest_normal():
+    z = torch.linspace(-3, 3, 60001)  # float32, deep into the underflowing tail
+    ours, exact = Gaussian(0.05)(z).double(), _textbook_gaussian(z.double(), 0.05)
+    tail = exact < 1e-37
+    assert tail.sum() > 40_000
+    assert (ours[tail] - exact[tail]).abs().max() < 1.7e-38
+    torch.testing.assert_close(ours[~tail], exact[~tail], rtol=1e-5, atol=0)  # float32 rounding only
+    assert (ours >= SMALLEST_NORMAL_FP32).all(), "no subnormals produced"

@@ -37,6 +37,8 @@ class _GaussianFunction(torch.autograd.Function):
     differentiable ops on the saved (z, φ), so second derivatives stay exact and cheap.
     """
 
+    generate_vmap_rule = True  # torch.func.hessian / vmap over a batch of parameters
+
     @staticmethod
     def forward(z: torch.Tensor, sigma: float) -> torch.Tensor:
         return _exp_neg(z.square().mul_(0.5 / sigma**2))
