@@ -31,5 +31,9 @@ def silence_create_graph_warning() -> None:
 
 def configure_entry_point() -> None:
     """What every project CLI, runner and trainer does first."""
+    import warnings
+
     enable_fast_cpu_math()
     silence_create_graph_warning()
+    # numpy notices the flushing when it first inspects float limits; that is the point of it
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
