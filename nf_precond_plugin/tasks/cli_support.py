@@ -1,0 +1,113 @@
+"""What the standalone CLIs share: ``--config FILE`` defaults, ``--compare``, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import yaml
+
+from nf_precond_plugin.errors import UserInputError
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_defaults(config_type: type[ConfigT], argv: list[str]) -> tuple[ConfigT, list[str]]:
+    """Pop ``--config FILE`` from argv and return the dataclass it describes (flags still override)."""
+    argv = list(argv)
+    if "--config" not in argv:
+        return config_type(), argv
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        raise UserInputError("--config: expected a YAML file path")
+    path = Path(argv[index + 1])
+    del argv[index : index + 2]
+    if not path.is_file():
+        raise UserInputError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserInputError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserInputError(f"--config {path}: expected a mapping of option names to values")
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserInputError(f"--config {path}: unknown option(s) {', '.join(unknown)}; expected some of {', '.join(fields)}")
+    for name, value in values.items():
+        if value is not None and "Path" in str(fields[name].type):
+            values[name] = Path(value)
+    return config_type(**values), argv
+
+
+def split_names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown:
+        raise UserInputError(f"{option}: unknown {', '.join(unknown) or '(empty)'}; expected a comma-separated subset of {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise UserInputError(f"{option}: each optimizer may appear once, got {text}")
+    return names
+
+
+def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
+    """Run ``main`` turning user mistakes into one line on stderr and a non-zero exit."""
+    from rich.console import Console
+
+    from nf_precond_plugin.training.runner import TrainingDiverged
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except UserInputError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    except TrainingDiverged as error:
+        console.print(f"[red]training stopped:[/red] {error}")
+        return 3
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/yellow] the run directory has no summary.json; resume it with --resume")
+        return 130
+    return 0
+
+
+def standalone_main(config_type: type, task_factory: Callable[[Any], Any], prog: str, argv: list[str]) -> dict[str, Any]:
+    """Parse (YAML defaults, then flags), build the task and run it with every requested optimizer."""
+    import tyro
+    from rich.console import Console
+    from rich.table import Table
+
+    from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr
+    from nf_precond_plugin.runtime import configure_entry_point
+    from nf_precond_plugin.training import RunSettings, run_task
+
+    defaults, argv = config_defaults(config_type, argv)
+    config = tyro.cli(config_type, args=argv, default=defaults, prog=prog)
+    configure_entry_point()
+    option = "--compare" if config.compare else "--optimizer"
+    names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
+    if config.lr is not None and not config.lr > 0:
+        raise UserInputError(f"--lr: expected a learning rate > 0, got {config.lr}")
+    rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
+    task = task_factory(config)
+    settings = RunSettings(
+        optimizers=names, learning_rates=rates, epochs=config.epochs, batch_size=config.batch_size,
+        eval_every=config.eval_every, seed=config.seed, output_dir=config.output_dir, resume=config.resume,
+        config=dataclasses.asdict(config),
+    )
+    summary = run_task(task, settings)
+
+    console = Console(stderr=True)
+    table = Table(title=f"{task.name}: {task.describe().get('source', '')}")
+    for column in ("optimizer", "lr", f"final {task.metric}", f"best {task.metric}", "epochs", "s/step", "optimizer s/step"):
+        table.add_column(column, justify="right")
+    for name, result in summary["optimizers"].items():
+        final = result["final"].get(task.metric)
+        table.add_row(name, f"{result['lr']:g}", f"{final:.3f}" if final is not None else "-",
+                      f"{result['best']:.3f}" if result["best"] is not None else "-", str(summary["epochs"]),
+                      f"{result['seconds_per_step'] * 1e3:.2f} ms", f"{result['optimizer_step_seconds'] / max(result['steps'], 1) * 1e3:.2f} ms")
+    console.print(table)
+    console.print(f"run directory: {summary['run_dir']}")
+    return summary

@@ -1,0 +1,30 @@
+"""Convergence plots: the metric against epochs and against wall-clock seconds, optimizers overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def convergence_plot(histories: dict[str, list[dict[str, Any]]], metric: str, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for name, rows in histories.items():
+        rows = [row for row in rows if metric in row]
+        by_epoch.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=name)
+        by_time.plot([r["wall_seconds"] for r in rows], [r[metric] for r in rows], label=name)
+    label = metric.upper() if len(metric) <= 4 else metric
+    by_epoch.set(xlabel="epoch", ylabel=label, title="per epoch")
+    by_time.set(xlabel="training seconds (forward + backward + optimizer)", ylabel=label, title="per second")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
