@@ -102,7 +102,11 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
     histories: dict[str, list[dict[str, Any]]] = {}
     results: dict[str, dict[str, Any]] = {}
     for name in settings.optimizers:
-        histories[name], results[name] = _train_one(task, settings, name, initial_state, run_dir, console)
+
+        def write_progress(history: list[dict[str, Any]], name: str = name) -> None:
+            _write_metrics(run_dir / "metrics.csv", {**histories, name: history}, task.metric)
+
+        histories[name], results[name] = _train_one(task, settings, name, initial_state, run_dir, console, write_progress)
     _write_metrics(run_dir / "metrics.csv", histories, task.metric)
 
     from nf_precond_plugin.training.plots import convergence_plot
@@ -136,7 +140,7 @@ def _open_run_dir(task: Task, settings: RunSettings) -> Path:
     return run_dir
 
 
-def _train_one(task, settings, name, initial_state, run_dir, console):
+def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     model = task.build_model()
@@ -199,6 +203,7 @@ def _train_one(task, settings, name, initial_state, run_dir, console):
                 checkpoint_path.with_suffix(".tmp"),
             )
             checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written checkpoint
+            on_epoch(history)  # metrics.csv follows training live
             metric = row.get(task.metric)
             status = f"loss {row['loss']:.4g}" + (f"  {task.metric} {metric:.3f}" if metric is not None else "")
             progress.update(bar, advance=1, status=status)
