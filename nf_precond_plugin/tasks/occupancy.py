@@ -89,6 +89,10 @@ class OccupancyTask:
         labels = self.labeler(points)
         return torch.from_numpy(np.asarray(points, dtype=np.float32)), torch.from_numpy(labels.astype(np.float32))[:, None]
 
+    def optimizer_overrides(self, name: str) -> dict[str, Any]:
+        # K-FAC's factors come from the model's Fisher: Bernoulli for a BCE-on-logits loss
+        return {"fisher": "classif_binary_logits"} if name == "kfac" else {}
+
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.binary_cross_entropy_with_logits(prediction, target)
 

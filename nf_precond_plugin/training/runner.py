@@ -63,6 +63,8 @@ class Task(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where the data came from and what was chosen, for summary.json."""
 
+    # Optional: ``optimizer_overrides(name) -> dict`` of constructor arguments for that optimizer.
+
 
 @dataclass
 class RunSettings:
@@ -145,7 +147,8 @@ def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
 
     model = task.build_model()
     model.load_state_dict(initial_state)
-    optimizer = build_optimizer(name, model, settings.learning_rates[name])
+    overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
+    optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
     checkpoint_path = run_dir / "checkpoints" / f"{name}.pt"
     history: list[dict[str, Any]] = []
     start_epoch, step, wall, opt_seconds = 0, 0, 0.0, 0.0
