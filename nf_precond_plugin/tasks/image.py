@@ -7,51 +7,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
-from nf_precond_plugin.fields import CoordinateMLP
-from nf_precond_plugin.presets import IMAGE_SIGMA
-
-ActivationName = Literal["gaussian", "sine", "wavelet", "relu-pe", "relu"]
-
+from nf_precond_plugin.presets import IMAGE_BATCH, IMAGE_SIGMA
+from nf_precond_plugin.tasks.common import FitConfig, build_field
 
 @dataclass
-class ImageConfig:
+class ImageConfig(FitConfig):
     """Fit a coordinate MLP to an image and report PSNR per epoch."""
 
     image: Path | None = None
     """Image file (anything imageio reads). Default: scikit-image's astronaut, shipped in its wheel."""
     size: int = 256
     """Side of the square target after resizing (the paper: 256)."""
-    activation: ActivationName = "gaussian"
-    """Activation of the MLP."""
-    optimizer: str = "esgd"
-    """One of adam, sgd, esgd, esgd-max, adahessian, adahessian-j, shampoo, kfac."""
-    compare: str | None = None
-    """Comma-separated optimizers trained side by side from the same init and data, e.g. adam,esgd (overrides --optimizer)."""
-    lr: float | None = None
-    """Learning rate; default: the paper's for each optimizer and activation."""
-    epochs: int = 200
-    """Epochs (one epoch visits every pixel once)."""
-    batch_size: int = 512
+    batch_size: int = IMAGE_BATCH
     """Pixels per minibatch (the paper: 512)."""
-    hidden_features: int = 256
-    num_layers: int = 5
-    """Linear layers including the output (the paper: 5 × 256)."""
     sigma: float = IMAGE_SIGMA
     """Gaussian σ (the paper: 0.05)."""
-    omega: float = 30.0
-    """Sine frequency ω (SIREN: 30)."""
-    eval_every: int = 1
-    """Evaluate the full-image PSNR every this many epochs."""
-    seed: int = 0
-    output_dir: Path = Path("outputs")
-    """Each run writes into a new directory under this one."""
-    resume: Path | None = None
-    """Continue an interrupted run from its directory."""
 
 
 class ImageTask:
@@ -65,8 +40,7 @@ class ImageTask:
         self.colors = self.target.reshape(-1, 3)
 
     def build_model(self) -> torch.nn.Module:
-        c = self.config
-        return CoordinateMLP(2, 3, c.hidden_features, c.num_layers, c.activation, sigma=c.sigma, omega=c.omega)
+        return build_field(self.config, 2, 3)
 
     def epoch_data(self, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         order = torch.randperm(self.coords.shape[0], generator=generator)
