@@ -16,7 +16,7 @@ ConfigT = TypeVar("ConfigT")
 
 def config_defaults(config_type: type[ConfigT], argv: list[str]) -> tuple[ConfigT, list[str]]:
     """Pop ``--config FILE`` from argv and return the dataclass it describes (flags still override)."""
-    argv = list(argv)
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" not in argv:
         return config_type(), argv
     index = argv.index("--config")
