@@ -13,14 +13,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nf-precond sparsity --output-dir outputs/demo
+	$(BIN)/nf-precond sparsity --activation gaussian --output-dir outputs/demo
+	$(BIN)/nf-precond sparsity --activation relu-pe --output-dir outputs/demo
 	$(BIN)/nf-precond condition --output-dir outputs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not benchmark"
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/step_time.py --json-out benchmarks/results/step_time_cpu.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
