@@ -4,6 +4,7 @@ an independent count of dead ReLU units."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ def test_diagnostic_reproduces_the_dense_sparse_split(activation, tmp_path):
         assert result["sparsity"] > 0.3  # Theorem 4.3: sparse
     else:
         assert result["sparsity"] < 0.01  # Theorem 4.2: dense
-    saved = json.loads((tmp_path / result["run_dir"].split("/")[-1] / "sparsity.json").read_text())
-    assert saved["sparsity"] == result["sparsity"]
-    assert (tmp_path / result["run_dir"].split("/")[-1] / "sparsity.png").stat().st_size > 1000
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == tmp_path
+    assert json.loads((run_dir / "sparsity.json").read_text())["sparsity"] == result["sparsity"]
+    assert (run_dir / "sparsity.png").stat().st_size > 1000

@@ -84,9 +84,9 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if any(p.grad.is_sparse for p in params):
+                _release_graph(params)
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             groups.append((group, params, self._group_due(group)))
 
         all_params = [p for _, params, _ in groups for p in params]

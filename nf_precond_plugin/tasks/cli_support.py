@@ -88,8 +88,6 @@ def standalone_main(config_type: type, task_factory: Callable[[Any], Any], prog:
     configure_entry_point()
     option = "--compare" if config.compare else "--optimizer"
     names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
-    if config.lr is not None and not config.lr > 0:
-        raise UserInputError(f"--lr: expected a learning rate > 0, got {config.lr}")
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
     task = task_factory(config)
     settings = RunSettings(
