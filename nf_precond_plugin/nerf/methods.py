@@ -1,0 +1,96 @@
+"""The methods this plugin registers with ``ns-train`` (entry point group ``nerfstudio.method_configs``).
+
+``gaussian-esgd``, ``gaussian-adam`` and ``gaussian-adahessian`` share the field, sampler, data and
+schedule at the paper's scale (8 × 256 Gaussian MLP, σ = 0.1, 2048 rays × 128 samples); only the
+optimizer differs. The ``-cpu`` variants shrink the network, rays and samples so that a run on two
+CPU cores takes minutes (pass ``--machine.device-type cpu``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nf_precond_plugin.nerf.llff import LLFFDataParserConfig
+from nf_precond_plugin.nerf.model import GaussianNeRFModelConfig
+from nf_precond_plugin.nerf.optimizers import AdaHessianOptimizerConfig, ESGDOptimizerConfig
+from nf_precond_plugin.nerf.pipeline import CurvaturePipelineConfig
+from nf_precond_plugin.nerf.trainer import CurvatureTrainerConfig
+
+ADAM_LR = 5e-4
+ESGD_LR = 0.05
+ADAHESSIAN_LR = 0.05
+PAPER_ITERATIONS = 200_000
+
+PAPER_SCALE: Dict[str, Any] = dict(
+    model=dict(num_layers=8, hidden_dim=256, geo_feat_dim=256, hidden_dim_color=128, num_coarse_samples=128),
+    rays=2048,
+    iterations=PAPER_ITERATIONS,
+    steps_per_eval_image=1000,
+    steps_per_save=2000,
+)
+CPU_SCALE: Dict[str, Any] = dict(
+    model=dict(num_layers=4, hidden_dim=128, geo_feat_dim=64, hidden_dim_color=64, num_coarse_samples=48),
+    rays=512,
+    iterations=3000,
+    steps_per_eval_image=250,
+    steps_per_save=500,
+)
+
+
+def trainer_config(method_name: str, optimizer: OptimizerConfig, scale: Dict[str, Any]) -> CurvatureTrainerConfig:
+    return CurvatureTrainerConfig(
+        method_name=method_name,
+        max_num_iterations=scale["iterations"],
+        steps_per_eval_batch=scale["steps_per_eval_image"],
+        steps_per_eval_image=scale["steps_per_eval_image"],
+        steps_per_eval_all_images=scale["iterations"],
+        steps_per_save=scale["steps_per_save"],
+        mixed_precision=False,
+        use_grad_scaler=False,
+        pipeline=CurvaturePipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=LLFFDataParserConfig(),
+                train_num_rays_per_batch=scale["rays"],
+                eval_num_rays_per_batch=scale["rays"],
+            ),
+            model=GaussianNeRFModelConfig(**scale["model"], eval_num_rays_per_chunk=4 * scale["rays"]),
+        ),
+        optimizers={
+            "fields": {
+                "optimizer": optimizer,
+                "scheduler": ExponentialDecaySchedulerConfig(
+                    lr_final=optimizer.lr * 0.1, max_steps=scale["iterations"]
+                ),
+            }
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=4 * scale["rays"]),
+        vis="viewer",
+    )
+
+
+gaussian_esgd = MethodSpecification(
+    config=trainer_config("gaussian-esgd", ESGDOptimizerConfig(lr=ESGD_LR), PAPER_SCALE),
+    description="Gaussian-activated NeRF (8×256, σ=0.1, no PE) trained with ESGD (equilibrated curvature)",
+)
+gaussian_adam = MethodSpecification(
+    config=trainer_config("gaussian-adam", AdamOptimizerConfig(lr=ADAM_LR, eps=1e-8), PAPER_SCALE),
+    description="The same Gaussian NeRF trained with Adam (the baseline)",
+)
+gaussian_adahessian = MethodSpecification(
+    config=trainer_config("gaussian-adahessian", AdaHessianOptimizerConfig(lr=ADAHESSIAN_LR), PAPER_SCALE),
+    description="The same Gaussian NeRF trained with AdaHessian(E) (curvature every step)",
+)
+gaussian_esgd_cpu = MethodSpecification(
+    config=trainer_config("gaussian-esgd-cpu", ESGDOptimizerConfig(lr=ESGD_LR), CPU_SCALE),
+    description="gaussian-esgd at CPU scale (4×128, 512 rays × 48 samples); add --machine.device-type cpu",
+)
+gaussian_adam_cpu = MethodSpecification(
+    config=trainer_config("gaussian-adam-cpu", AdamOptimizerConfig(lr=ADAM_LR, eps=1e-8), CPU_SCALE),
+    description="gaussian-adam at CPU scale (4×128, 512 rays × 48 samples); add --machine.device-type cpu",
+)

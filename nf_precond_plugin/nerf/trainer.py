@@ -1,0 +1,141 @@
+"""A nerfstudio Trainer whose backward builds a graph on the steps a curvature optimizer asks for.
+
+On those steps ``torch.autograd.grad(loss, params, create_graph=True)`` returns gradients that are
+still functions of the parameters; the optimizer's ``step()`` differentiates g·v again to get the
+Hessian-vector product Hv and then frees the graph. On every other step (and for Adam) the same
+call runs without a graph, which costs what ``loss.backward()`` costs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Type
+
+import torch
+from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
+from nerfstudio.utils import profiler
+
+from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.optim.base import CurvatureOptimizer
+
+
+@dataclass
+class CurvatureTrainerConfig(TrainerConfig):
+    _target: Type = field(default_factory=lambda: CurvatureTrainer)
+
+
+def curvature_groups(config: TrainerConfig) -> List[str]:
+    """Parameter groups whose optimizer takes Hessian-vector products."""
+    return [
+        name
+        for name, entry in config.optimizers.items()
+        if isinstance(entry["optimizer"]._target, type) and issubclass(entry["optimizer"]._target, CurvatureOptimizer)
+    ]
+
+
+def check_supported(config: TrainerConfig, world_size: int) -> None:
+    """Refuse the settings the curvature optimizers cannot honour yet, naming the option."""
+    groups = curvature_groups(config)
+    if not groups:
+        return
+    optimizer = type(config.optimizers[groups[0]]["optimizer"]).__name__.replace("OptimizerConfig", "")
+    devices = config.machine.num_devices * config.machine.num_machines
+    if world_size > 1 or devices > 1:
+        raise UserInputError(
+            f"--machine.num-devices/--machine.num-machines: {optimizer} runs on one device only "
+            f"(got {devices}); multi-device Hessian-vector products are not supported yet"
+        )
+    accumulated = {g: n for g, n in config.gradient_accumulation_steps.items() if g in groups and n != 1}
+    if accumulated:
+        raise UserInputError(
+            f"--gradient-accumulation-steps {accumulated}: {optimizer} needs the whole loss's graph on one step; "
+            "gradient accumulation is not supported for curvature optimizers"
+        )
+    if config.mixed_precision or config.use_grad_scaler:
+        raise UserInputError(
+            f"--mixed-precision/--use-grad-scaler: {optimizer} takes second derivatives in float32; "
+            "turn mixed precision and the grad scaler off"
+        )
+    clipped = [g for g in groups if config.optimizers[g]["optimizer"].max_norm is not None]
+    if clipped:
+        raise UserInputError(
+            f"--optimizers.{clipped[0]}.optimizer.max-norm: gradient clipping would edit the gradients "
+            f"{optimizer} differentiates again; leave max_norm unset"
+        )
+
+
+class CurvatureTrainer(Trainer):
+    config: CurvatureTrainerConfig
+
+    def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        try:
+            check_supported(config, world_size)
+        except UserInputError as error:
+            raise SystemExit(f"error: {error}") from None
+        super().__init__(config, local_rank, world_size)
+
+    def setup(self, test_mode="val") -> None:
+        # Bad data (a missing LLFF path, a wrong poses file) surfaces here: one line, no traceback.
+        try:
+            super().setup(test_mode=test_mode)
+        except UserInputError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    def _curvature_optimizers(self) -> List[CurvatureOptimizer]:
+        return [opt for opt in self.optimizers.optimizers.values() if isinstance(opt, CurvatureOptimizer)]
+
+    @profiler.time_function
+    def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
+        curvature = self._curvature_optimizers()
+        if not curvature and (self.mixed_precision or self.use_grad_scaler or self._accumulates()):
+            return super().train_iteration(step)
+
+        self.optimizers.zero_grad_all()
+        _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+        loss = functools.reduce(torch.add, loss_dict.values())
+        if not torch.isfinite(loss):
+            raise SystemExit(
+                f"error: the loss became {loss.item()} at step {step}; training stopped and the last checkpoint in "
+                f"{self.checkpoint_dir} is kept (try a smaller --optimizers.fields.optimizer.lr)"
+            )
+        create_graph = any(opt.should_create_graph() for opt in curvature)
+        params = [p for group in self.optimizers.parameters.values() for p in group if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        self.optimizers.optimizer_step_all()
+
+        if self.config.log_gradients:
+            total = 0.0
+            for tag, value in self.pipeline.model.named_parameters():
+                if value.grad is not None:
+                    metrics_dict[f"Gradients/{tag}"] = value.grad.norm()
+                    total += metrics_dict[f"Gradients/{tag}"]
+            metrics_dict["Gradients/Total"] = total
+        self.optimizers.scheduler_step_all(step)
+        return loss.detach(), loss_dict, metrics_dict
+
+    def _accumulates(self) -> bool:
+        return any(n != 1 for n in self.config.gradient_accumulation_steps.values())
+
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio's checkpoint, written to a temporary file and renamed, so a crash never leaves half a file."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        state: Dict[str, object] = {
+            "step": int(step),
+            "pipeline": getattr(self.pipeline, "module", self.pipeline).state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        partial = path.with_suffix(".ckpt.partial")
+        torch.save(state, partial)
+        os.replace(partial, path)
+        if self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("*.ckpt"):
+                if old != path:
+                    old.unlink()
