@@ -12,8 +12,9 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Type
+from typing import Any, Dict, List, Type
 
+import numpy as np
 import torch
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
 from nerfstudio.utils import profiler
@@ -65,6 +66,22 @@ def check_supported(config: TrainerConfig, world_size: int) -> None:
             f"--optimizers.{clipped[0]}.optimizer.max-norm: gradient clipping would edit the gradients "
             f"{optimizer} differentiates again; leave max_norm unset"
         )
+
+
+def without_numpy_scalars(value: Any) -> Any:
+    """``value`` with numpy scalars replaced by Python numbers, recursively.
+
+    nerfstudio's exponential-decay scheduler computes learning rates with numpy, so they land in
+    the optimizer's and scheduler's state as numpy.float64, which torch.load(weights_only=True) —
+    the default since torch 2.6 — refuses to unpickle.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: without_numpy_scalars(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_numpy_scalars(item) for item in value)
+    return value
 
 
 class CurvatureTrainer(Trainer):
@@ -133,7 +150,7 @@ class CurvatureTrainer(Trainer):
             "scalers": self.grad_scaler.state_dict(),
         }
         partial = path.with_suffix(".ckpt.partial")
-        torch.save(state, partial)
+        torch.save(without_numpy_scalars(state), partial)
         os.replace(partial, path)
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):

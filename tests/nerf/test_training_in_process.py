@@ -1,0 +1,164 @@
+"""nerfstudio training in-process: curvature steps, the checkpoint's curvature state, resume, refusals."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nerfstudio")
+
+from nf_precond_plugin.errors import UserInputError  # noqa: E402
+from nf_precond_plugin.nerf import methods  # noqa: E402
+from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
+from nf_precond_plugin.nerf.trainer import CurvatureTrainer, check_supported  # noqa: E402
+
+WARMUP, EVERY = 2, 3
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", num_views=9, width=32, height=24)
+
+
+def tiny_config(spec, scene: Path, output: Path, iterations: int):
+    config = copy.deepcopy(spec.config)
+    config.data = scene
+    config.pipeline.datamanager.data = scene
+    config.output_dir = output
+    config.vis = "tensorboard"
+    config.machine.device_type = "cpu"
+    config.max_num_iterations = iterations
+    config.steps_per_save = 1000
+    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10_000
+    config.pipeline.datamanager.train_num_rays_per_batch = 64
+    config.pipeline.datamanager.eval_num_rays_per_batch = 64
+    model = config.pipeline.model
+    model.num_layers, model.hidden_dim, model.geo_feat_dim, model.hidden_dim_color, model.num_coarse_samples = (
+        2, 16, 8, 8, 8,
+    )
+    optimizer = config.optimizers["fields"]["optimizer"]
+    if hasattr(optimizer, "d_warmup"):
+        optimizer.d_warmup, optimizer.update_d_every = WARMUP, EVERY
+    config.set_timestamp()
+    return config
+
+
+def train(config) -> CurvatureTrainer:
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    return trainer
+
+
+def hvp_steps(num_steps: int) -> list[int]:
+    """The schedule as the paper states it: every one of the first WARMUP steps, then every EVERY steps."""
+    steps = list(range(min(WARMUP, num_steps)))
+    while steps and steps[-1] + EVERY < num_steps:
+        steps.append(steps[-1] + EVERY)
+    return steps
+
+
+def latest_checkpoint(trainer) -> Path:
+    (path,) = sorted(trainer.checkpoint_dir.glob("step-*.ckpt"))
+    return path
+
+
+def test_esgd_trains_with_curvature_steps_and_the_checkpoint_carries_their_state(scene, tmp_path):
+    trainer = train(tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=8))
+    # weights_only: what torch >= 2.6 loads by default; no numpy scalars or pickled classes inside.
+    state = torch.load(latest_checkpoint(trainer), map_location="cpu", weights_only=True)
+    assert state["step"] == 7
+    optimizer = state["optimizers"]["fields"]
+    group = optimizer["param_groups"][0]
+    expected = hvp_steps(8)
+    assert expected == [0, 1, 4, 7]
+    assert group["step_count"] == 8 and group["last_hvp_step"] == expected[-1]
+    per_param = list(optimizer["state"].values())
+    assert per_param and all(s["hvp_count"] == len(expected) for s in per_param)
+    assert all(torch.all(s["curvature"] >= 0) and torch.any(s["curvature"] > 0) for s in per_param)
+    params = dict(trainer.pipeline.model.field.named_parameters())
+    assert len(per_param) == len(params)
+
+
+def test_load_dir_resumes_the_schedule_and_the_curvature_state(scene, tmp_path):
+    first = train(tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path / "a", iterations=5))
+    saved = torch.load(latest_checkpoint(first), map_location="cpu", weights_only=True)
+
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path / "b", iterations=5)
+    config.load_dir = first.checkpoint_dir
+    resumed = config.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    assert resumed._start_step == 5
+    loaded = resumed.optimizers.optimizers["fields"].state_dict()
+    for key, value in saved["optimizers"]["fields"]["state"].items():
+        torch.testing.assert_close(loaded["state"][key]["curvature"], value["curvature"], rtol=0, atol=0)
+    for name, value in saved["pipeline"].items():
+        torch.testing.assert_close(resumed.pipeline.state_dict()[name], value, rtol=0, atol=0)
+    resumed.train()
+    state = torch.load(latest_checkpoint(resumed), map_location="cpu", weights_only=True)
+    group = state["optimizers"]["fields"]["param_groups"][0]
+    # Ten steps in all, as if uninterrupted: HVPs at 0, 1, 4, 7 — the resumed run takes the one at 7.
+    assert state["step"] == 9 and group["step_count"] == 10 and group["last_hvp_step"] == hvp_steps(10)[-1] == 7
+    assert all(s["hvp_count"] == len(hvp_steps(10)) for s in state["optimizers"]["fields"]["state"].values())
+    assert resumed.checkpoint_dir != first.checkpoint_dir  # the first run's files are untouched
+    assert latest_checkpoint(first).exists()
+
+
+def test_adam_method_trains_through_the_same_trainer(scene, tmp_path):
+    trainer = train(tiny_config(methods.gaussian_adam_cpu, scene, tmp_path, iterations=3))
+    state = torch.load(latest_checkpoint(trainer), map_location="cpu", weights_only=True)
+    assert isinstance(trainer, CurvatureTrainer)
+    assert all(s["step"] == 3 for s in state["optimizers"]["fields"]["state"].values())
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(scene, tmp_path, monkeypatch):
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=6)
+    config.steps_per_save = 2
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model = trainer.pipeline.model
+    original = model.get_loss_dict
+
+    def poisoned(outputs, batch, metrics_dict=None):
+        losses = original(outputs, batch, metrics_dict)
+        if trainer.step == 3:
+            losses["rgb_loss"] = losses["rgb_loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(model, "get_loss_dict", poisoned)
+    with pytest.raises(SystemExit, match=r"loss became nan at step 3.*last checkpoint") as failure:
+        trainer.train()
+    assert "\n" not in str(failure.value)
+    kept = torch.load(latest_checkpoint(trainer), map_location="cpu", weights_only=True)
+    assert kept["step"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["pipeline"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("change", "option"),
+    [
+        (lambda c: setattr(c.machine, "num_devices", 2), "--machine.num-devices"),
+        (lambda c: c.gradient_accumulation_steps.update({"fields": 4}), "--gradient-accumulation-steps"),
+        (lambda c: setattr(c, "mixed_precision", True), "--mixed-precision"),
+        (lambda c: setattr(c.optimizers["fields"]["optimizer"], "max_norm", 1.0), "max-norm"),
+    ],
+)
+@pytest.mark.parametrize("spec", [methods.gaussian_esgd, methods.gaussian_adahessian])
+def test_curvature_optimizers_refuse_what_they_cannot_honour(spec, change, option):
+    config = copy.deepcopy(spec.config)
+    change(config)
+    with pytest.raises(UserInputError, match=option) as failure:
+        check_supported(config, world_size=1)
+    assert "\n" not in str(failure.value)
+    with pytest.raises(SystemExit, match="^error: "):
+        CurvatureTrainer(config)
+
+
+def test_adam_may_still_use_accumulation_and_several_devices():
+    config = copy.deepcopy(methods.gaussian_adam.config)
+    config.gradient_accumulation_steps = {"fields": 4}
+    config.machine.num_devices = 2
+    check_supported(config, world_size=2)
