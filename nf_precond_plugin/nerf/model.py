@@ -30,11 +30,13 @@ from nf_precond_plugin.nerf.field import GaussianRadianceField
 from nf_precond_plugin.nerf.metrics import image_metrics
 
 
-class FixedNearFarCollider(SceneCollider):
-    """Every ray spans [near, far], in training and evaluation alike.
+class DepthBoundsCollider(SceneCollider):
+    """Every ray spans the depths [near, far] along the camera axis, in training and evaluation alike.
 
-    nerfstudio's NearFarCollider starts evaluation rays at 0, where disparity (1/t) sampling
-    would put its first bin at infinity.
+    LLFF's bounds are depths (z), while nerfstudio measures t along unit directions, so a ray at
+    angle θ off-axis gets t ∈ [near, far]/cos θ; nerfstudio's cameras store 1/cos θ as the ray
+    metadata "directions_norm". (nerfstudio's NearFarCollider would also start evaluation rays at
+    t = 0, where disparity sampling puts its first bin at infinity.)
     """
 
     def __init__(self, near_plane: float, far_plane: float) -> None:
@@ -43,9 +45,11 @@ class FixedNearFarCollider(SceneCollider):
         self.far_plane = far_plane
 
     def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
-        ones = torch.ones_like(ray_bundle.origins[..., :1])
-        ray_bundle.nears = ones * self.near_plane
-        ray_bundle.fars = ones * self.far_plane
+        stretch = ray_bundle.metadata.get("directions_norm") if ray_bundle.metadata else None
+        if stretch is None:
+            stretch = torch.ones_like(ray_bundle.origins[..., :1])
+        ray_bundle.nears = stretch * self.near_plane
+        ray_bundle.fars = stretch * self.far_plane
         return ray_bundle
 
 
@@ -99,7 +103,7 @@ class GaussianNeRFModel(Model):
         )
         self.near_far = self._near_far()
         if self.near_far is not None:
-            self.collider = FixedNearFarCollider(*self.near_far)
+            self.collider = DepthBoundsCollider(*self.near_far)
         else:
             self.collider = AABBBoxCollider(self.scene_box, near_plane=0.05)
         self.sampler_disparity = LinearDisparitySampler(num_samples=self.config.num_coarse_samples)

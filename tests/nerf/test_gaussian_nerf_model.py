@@ -145,3 +145,21 @@ def test_bounds_without_dataparser_metadata_fall_back_to_the_scene_box():
 def test_invalid_bounds_are_refused():
     with pytest.raises(ValueError, match="near/far"):
         tiny_model(near_plane=3.0, far_plane=2.0)
+
+
+def test_llff_depth_bounds_become_per_ray_distances_that_end_on_the_depth_planes():
+    """A corner ray's first and last samples lie on the planes z = −near and z = −far of the camera."""
+    from nerfstudio.cameras.cameras import Cameras
+
+    camera = Cameras(
+        camera_to_worlds=torch.eye(4)[None, :3, :], fx=20.0, fy=20.0, cx=16.0, cy=12.0, width=32, height=24
+    )
+    rays = camera.generate_rays(camera_indices=0, keep_shape=True)
+    corner = rays[0, 0]
+    model = tiny_model()
+    bounded = model.collider(corner)
+    near_point = corner.origins + corner.directions * bounded.nears
+    far_point = corner.origins + corner.directions * bounded.fars
+    torch.testing.assert_close(near_point[..., 2].reshape(1), torch.tensor([-NEAR]))
+    torch.testing.assert_close(far_point[..., 2].reshape(1), torch.tensor([-FAR]))
+    assert bounded.fars.item() > FAR * 1.1  # the corner is well off-axis: distance > depth

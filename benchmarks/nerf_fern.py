@@ -1,0 +1,178 @@
+"""Fern at CPU scale: gaussian-esgd vs gaussian-adam, same seed, same data, one process (the paper's Table 1 analogue).
+
+Each method trains through nerfstudio's own trainer (the plugin's CurvatureTrainer) for the same
+number of iterations from the same initial weights and ray batches. Train PSNR is the PSNR of the
+mean batch MSE over a sliding window. Reported: train PSNR vs iteration and vs time (PNG + JSON),
+the iterations and seconds ESGD needs to reach Adam's final train PSNR (goal: ≤ 0.6× Adam's
+iterations), and test PSNR/SSIM(/LPIPS if its weights are on disk) on the held-out views.
+
+    python benchmarks/nerf_fern.py --iterations 3000 --json-out benchmarks/results/nerf_fern_cpu.json
+    python benchmarks/nerf_fern.py --scale paper --device cuda --iterations 5000 --json-out ...   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from nf_precond_plugin.runtime import configure_entry_point
+
+FERN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nerf_llff_data" / "fern"
+
+
+def build_trainer(method: str, scene: Path, output: Path, device: str, iterations: int, lr: float | None, seed: int):
+    from nf_precond_plugin.nerf import methods
+
+    spec = getattr(methods, method.replace("-", "_"))
+    config = copy.deepcopy(spec.config)
+    config.data = scene
+    config.pipeline.datamanager.data = scene
+    config.output_dir = output
+    config.vis = "tensorboard"
+    config.machine.device_type = device
+    config.max_num_iterations = iterations
+    config.steps_per_save = 10**9
+    if lr is not None:
+        config.optimizers["fields"]["optimizer"].lr = lr
+    scheduler = config.optimizers["fields"]["scheduler"]
+    scheduler.lr_final = config.optimizers["fields"]["optimizer"].lr * 0.1
+    scheduler.max_steps = iterations
+    config.set_timestamp()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def windowed_psnr(mse: List[float], window: int) -> List[float]:
+    cumulative = np.cumsum([0.0, *mse])
+    out = []
+    for i in range(1, len(mse) + 1):
+        lo = max(0, i - window)
+        out.append(-10.0 * math.log10((cumulative[i] - cumulative[lo]) / (i - lo)))
+    return out
+
+
+def run_method(args, method: str, lr: float | None) -> Dict[str, Any]:
+    trainer = build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, lr, args.seed)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    mse, seconds = [], []
+    elapsed = 0.0
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{method}", total=args.iterations)
+        for step in range(args.iterations):
+            trainer.pipeline.train()
+            synchronize()
+            start = time.perf_counter()
+            _, loss_dict, _ = trainer.train_iteration(step)
+            synchronize()
+            elapsed += time.perf_counter() - start
+            mse.append(float(loss_dict["rgb_loss"]))
+            seconds.append(elapsed)
+            progress.advance(task)
+    metrics = trainer.pipeline.get_average_eval_image_metrics()
+    lr_used = trainer.config.optimizers["fields"]["optimizer"].lr
+    return {
+        "method": method,
+        "lr": lr_used,
+        "train_mse": mse,
+        "seconds": seconds,
+        "test": {k: metrics.get(k) for k in ("psnr", "ssim", "lpips")},
+    }
+
+
+def first_reaching(curve: List[float], target: float) -> int | None:
+    for index, value in enumerate(curve):
+        if value >= target:
+            return index + 1
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", type=Path, default=FERN)
+    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=100, help="iterations in the train-PSNR window")
+    parser.add_argument("--esgd-lr", type=float, default=None)
+    parser.add_argument("--adam-lr", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks/nerf"))
+    parser.add_argument("--json-out", type=Path, required=True)
+    args = parser.parse_args()
+    configure_entry_point()
+    torch.set_num_threads(args.threads)
+    if not (args.scene / "poses_bounds.npy").is_file():
+        raise SystemExit(f"error: {args.scene}: not an LLFF scene (poses_bounds.npy missing); pass --scene")
+
+    suffix = "-cpu" if args.scale == "cpu" else ""
+    runs = [
+        run_method(args, f"gaussian-adam{suffix}", args.adam_lr),
+        run_method(args, f"gaussian-esgd{suffix}", args.esgd_lr),
+    ]
+    adam, esgd = runs
+    for run in runs:
+        run["train_psnr"] = windowed_psnr(run["train_mse"], args.window)
+    target = adam["train_psnr"][-1]
+    reach = first_reaching(esgd["train_psnr"], target)
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""),
+        "scene": str(args.scene),
+        "scale": args.scale,
+        "iterations": args.iterations,
+        "adam_final_train_psnr": target,
+        "esgd_final_train_psnr": esgd["train_psnr"][-1],
+        "esgd_iterations_to_adam_final": reach,
+        "esgd_iteration_ratio": None if reach is None else reach / args.iterations,
+        "esgd_seconds_to_adam_final": None if reach is None else esgd["seconds"][reach - 1],
+        "adam_seconds": adam["seconds"][-1],
+        "esgd_seconds": esgd["seconds"][-1],
+        "test": {run["method"]: run["test"] for run in runs},
+        "lr": {run["method"]: run["lr"] for run in runs},
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    plot(runs, args.json_out.with_suffix(".png"), target)
+    print(json.dumps(summary, indent=2))
+
+
+def plot(runs: List[Dict[str, Any]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        by_step.plot(np.arange(1, len(run["train_psnr"]) + 1), run["train_psnr"], label=run["method"])
+        by_time.plot(run["seconds"], run["train_psnr"], label=run["method"])
+    for axis, label in ((by_step, "iteration"), (by_time, "optimisation time (s)")):
+        axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel(label)
+        axis.set_ylabel("train PSNR (dB, windowed)")
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
