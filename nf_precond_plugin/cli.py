@@ -2,6 +2,7 @@
 
     nf-precond sparsity --activation relu-pe --json     # Fig. 4: HVP sparsity during training
     nf-precond condition --json                         # Fig. 2: κ of H under D^E and D^J
+    nf-precond nerf-demo                                # ns-train → ns-eval → ns-render on the demo scene
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from rich.table import Table
 from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
 from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
 from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.nerf.demo import NerfDemoConfig, run_nerf_demo
 from nf_precond_plugin.runtime import configure_entry_point
 
 Command = Union[
     Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")],
     Annotated[ConditionConfig, tyro.conf.subcommand("condition")],
+    Annotated[NerfDemoConfig, tyro.conf.subcommand("nerf-demo")],
 ]
 
 _console = Console(stderr=True)
@@ -51,6 +54,13 @@ def _show_condition(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(Command, args=argv, prog="nf-precond", description=__doc__)
     configure_entry_point()
+    if isinstance(config, NerfDemoConfig):
+        try:
+            run_nerf_demo(config)
+        except UserInputError as error:
+            _console.print(f"[red]nf-precond: error:[/red] {error}", highlight=False)
+            return 2
+        return 0
     try:
         if isinstance(config, SparsityConfig):
             result, show = run_sparsity(config, progress=not config.json), _show_sparsity
