@@ -21,6 +21,7 @@ from nerfstudio.utils import profiler
 
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.optim.base import CurvatureOptimizer
+from nf_precond_plugin.runtime import configure_entry_point
 
 
 @dataclass
@@ -92,6 +93,8 @@ class CurvatureTrainer(Trainer):
             check_supported(config, world_size)
         except UserInputError as error:
             raise SystemExit(f"error: {error}") from None
+        # ns-train is nerfstudio's entry point, so the trainer is the first project code to run.
+        configure_entry_point()
         super().__init__(config, local_rank, world_size)
 
     def setup(self, test_mode="val") -> None:
