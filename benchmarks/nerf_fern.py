@@ -81,7 +81,7 @@ def run_method(args, method: str, lr: float | None) -> Dict[str, Any]:
             _, loss_dict, _ = trainer.train_iteration(step)
             synchronize()
             elapsed += time.perf_counter() - start
-            mse.append(float(loss_dict["rgb_loss"]))
+            mse.append(float(loss_dict["rgb_loss"].detach()))
             seconds.append(elapsed)
             progress.advance(task)
     metrics = trainer.pipeline.get_average_eval_image_metrics()
