@@ -1,0 +1,195 @@
+"""The plugin through nerfstudio's own command lines: ns-train (registration, options, refusals), and
+ns-eval / ns-render on a checkpoint that one short ns-train run (``trained_run``) wrote.
+
+Oracles: the registry and the CLI help text name our methods and options; the refusals are one line
+naming the culprit, with no traceback; the rendered test views beat the best constant colour by a
+clear margin, and ns-eval's PSNR agrees with the PSNR of ns-render's PNGs against the scene's images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+
+METHODS = ("gaussian-esgd", "gaussian-adam", "gaussian-adahessian", "gaussian-esgd-cpu", "gaussian-adam-cpu")
+TEST_VIEWS = ("image000.png", "image008.png")
+"""The demo scene's 12 views with holdout_every = 8: views 0 and 8 are the test split."""
+HEIGHT, WIDTH = 60, 80
+MARGIN_DB = 1.5
+"""How much better than the best constant colour a rendered test view must be (measured: ≈ 3 dB)."""
+
+
+@pytest.fixture(scope="module")
+def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The commands that need no checkpoint, started at once (they overlap with the training run)."""
+    outputs = tmp_path_factory.mktemp("cli_runs_outputs")
+    refused = ["ns-train", "gaussian-esgd-cpu", "--machine.device-type", "cpu", "--vis", "tensorboard"]
+    return {
+        "help": start_command(["ns-train", "--help"], "help"),
+        "method_help": start_command(["ns-train", "gaussian-esgd", "--help"], "method_help"),
+        "bad_data": start_command(
+            [*refused, "--output-dir", outputs / "bad_data", "--data", "/nonexistent"], "bad_data"
+        ),
+        "mixed_precision": start_command(
+            [*refused, "--mixed-precision", "True", "--output-dir", outputs / "mixed_precision", "--data", tiny_scene],
+            "mixed_precision",
+        ),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_in_background(training: Any, cli_runs: Dict[str, Any]):
+    """Start the training run and the checkpoint-free commands before the first test of this module."""
+
+
+@pytest.fixture(scope="module")
+def checkpoint_runs(trained_run: Path, start_command, tmp_path_factory: pytest.TempPathFactory):
+    """ns-eval and ns-render on the trained run, side by side."""
+    root = tmp_path_factory.mktemp("checkpoint_runs")
+    runs = {
+        "eval": start_command(["ns-eval", "--load-config", trained_run, "--output-path", root / "eval.json"], "eval"),
+        "render": start_command(
+            ["ns-render", "dataset", "--load-config", trained_run, "--output-path", root / "renders",
+             "--split", "test", "--image-format", "png", "--rendered-output-names", "rgb", "depth"],
+            "render",
+        ),  # fmt: skip
+    }
+    runs["eval"].json_path = root / "eval.json"
+    runs["render"].frames = root / "renders" / "test"
+    return runs
+
+
+def mentions_method(text: str, name: str) -> bool:
+    """``name`` as a whole word: gaussian-esgd must not match only inside gaussian-esgd-cpu."""
+    return re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text) is not None
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.lstrip().lower().startswith("error")]
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    return float(-10.0 * np.log10(np.mean((image - reference) ** 2)))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    return iio.imread(path)[..., :3].astype(np.float64) / 255.0
+
+
+def test_methods_and_dataparser_are_registered_in_process():
+    from nerfstudio.plugins.registry import discover_methods
+    from nerfstudio.plugins.registry_dataparser import discover_dataparsers
+
+    from nf_precond_plugin.nerf.llff import LLFFDataParserConfig
+    from nf_precond_plugin.nerf.optimizers import AdaHessianOptimizerConfig, ESGDOptimizerConfig
+
+    methods, descriptions = discover_methods()
+    assert set(METHODS) <= set(methods), sorted(methods)
+    assert all(descriptions[name] for name in METHODS)
+    optimizer = {name: methods[name].optimizers["fields"]["optimizer"] for name in METHODS}
+    assert isinstance(optimizer["gaussian-esgd"], ESGDOptimizerConfig)
+    assert isinstance(optimizer["gaussian-esgd-cpu"], ESGDOptimizerConfig)
+    assert isinstance(optimizer["gaussian-adahessian"], AdaHessianOptimizerConfig)
+    assert type(optimizer["gaussian-adam"]).__name__ == "AdamOptimizerConfig"
+    assert type(optimizer["gaussian-adam-cpu"]).__name__ == "AdamOptimizerConfig"
+    assert all(methods[name].method_name == name for name in METHODS)
+
+    dataparsers, _ = discover_dataparsers()
+    assert isinstance(dataparsers.get("llff-data"), LLFFDataParserConfig), sorted(dataparsers)
+
+
+def test_network_guard_is_active(cli_env: Dict[str, str], tmp_path: Path):
+    """The guard the other runs are checked with does catch a connection (so its silence means something)."""
+    log = tmp_path / "network"
+    attempt = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError as e:\n    print(e)"
+    subprocess.run(
+        [sys.executable, "-c", attempt], env={**cli_env, "NF_PRECOND_TEST_NETWORK_LOG": str(log)}, check=True, timeout=60
+    )
+    assert "192.0.2.1" in log.read_text()
+
+
+def test_ns_train_help_lists_the_methods(cli_runs: Dict[str, Any]):
+    run = cli_runs["help"].result()
+    assert run.returncode == 0, run.describe()
+    missing = [name for name in METHODS if not mentions_method(run.output, name)]
+    assert not missing, f"ns-train --help does not list {missing}\n{run.describe()}"
+
+
+def test_method_help_shows_esgd_options_and_llff_dataparser(cli_runs: Dict[str, Any]):
+    run = cli_runs["method_help"].result()
+    assert run.returncode == 0, run.describe()
+    for option in ("--optimizers.fields.optimizer.update-d-every", "--optimizers.fields.optimizer.d-warmup"):
+        assert option in run.output, f"{option} missing\n{run.describe()}"
+    assert mentions_method(run.output, "llff-data"), run.describe()
+
+
+def test_missing_data_is_one_line_error_without_traceback(cli_runs: Dict[str, Any]):
+    run = cli_runs["bad_data"].result()
+    assert run.returncode != 0, run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    errors = error_lines(run.output)
+    assert len(errors) == 1 and "/nonexistent" in errors[0], run.describe()
+
+
+def test_mixed_precision_is_refused_in_one_line(cli_runs: Dict[str, Any]):
+    run = cli_runs["mixed_precision"].result()
+    assert run.returncode != 0, run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    errors = error_lines(run.output)
+    assert len(errors) == 1 and re.search(r"mixed[- ]precision", errors[0], re.IGNORECASE), run.describe()
+    assert "Training Finished" not in run.output, run.describe()
+
+
+def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: Dict[str, Any], tiny_scene: Path):
+    run = checkpoint_runs["render"].result()
+    assert run.returncode == 0, run.describe()
+    frames: Path = checkpoint_runs["render"].frames
+    for output in ("rgb", "depth"):
+        names = sorted(path.name for path in (frames / output).glob("*.png"))
+        assert names == list(TEST_VIEWS), f"{output}: {names}\n{run.describe()}"
+    for name in TEST_VIEWS:
+        rgb, depth = load_rgb(frames / "rgb" / name), load_rgb(frames / "depth" / name)
+        truth = load_rgb(tiny_scene / "images_8" / name)
+        assert rgb.shape == depth.shape == truth.shape == (HEIGHT, WIDTH, 3)
+        assert rgb.std(axis=(0, 1)).max() > 0.05 and depth.std() > 0.02, f"{name}: a near-constant frame"
+        best_constant = psnr(truth.mean(axis=(0, 1), keepdims=True), truth)
+        rendered = psnr(rgb, truth)
+        assert rendered > best_constant + MARGIN_DB, f"{name}: render {rendered:.2f} dB vs constant {best_constant:.2f} dB"
+
+
+def test_ns_eval_writes_metrics_consistent_with_the_renders(
+    checkpoint_runs: Dict[str, Any], tiny_scene: Path, trained_run: Path
+):
+    from nf_precond_plugin.nerf.metrics import alexnet_weights_path
+
+    run = checkpoint_runs["eval"].result()
+    assert run.returncode == 0, run.describe()
+    report = json.loads(checkpoint_runs["eval"].json_path.read_text())
+    assert report["method_name"] == "gaussian-esgd-cpu"
+    assert Path(report["checkpoint"]).parent == trained_run.parent / "nerfstudio_models"
+    results = report["results"]
+    assert isinstance(results["psnr"], float) and math.isfinite(results["psnr"]), results
+    assert 0.0 < results["ssim"] <= 1.0, results
+    assert "lpips" in results, results
+    if alexnet_weights_path().is_file():
+        assert isinstance(results["lpips"], float) and math.isfinite(results["lpips"]), results
+    else:
+        assert results["lpips"] is None, results
+
+    # ns-eval and ns-render see the same model and test cameras: the mean PSNR of the rendered PNGs
+    # (8-bit) against the scene's images matches ns-eval's mean PSNR to quantisation.
+    rendered = checkpoint_runs["render"].result()
+    assert rendered.returncode == 0, rendered.describe()
+    frames: Path = checkpoint_runs["render"].frames / "rgb"
+    png_psnr = np.mean([psnr(load_rgb(frames / name), load_rgb(tiny_scene / "images_8" / name)) for name in TEST_VIEWS])
+    assert abs(results["psnr"] - png_psnr) < 0.3, (results["psnr"], png_psnr)
