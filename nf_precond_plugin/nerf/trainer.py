@@ -8,8 +8,11 @@ call runs without a graph, which costs what ``loss.backward()`` costs.
 
 from __future__ import annotations
 
+import csv
 import functools
+import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Type
@@ -88,6 +91,9 @@ def without_numpy_scalars(value: Any) -> Any:
 class CurvatureTrainer(Trainer):
     config: CurvatureTrainerConfig
 
+    PSNR_WINDOW = 50
+    """Iterations averaged into the train PSNR of convergence.png (one batch's PSNR is noisy)."""
+
     def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         try:
             check_supported(config, world_size)
@@ -96,6 +102,8 @@ class CurvatureTrainer(Trainer):
         # ns-train is nerfstudio's entry point, so the trainer is the first project code to run.
         configure_entry_point()
         super().__init__(config, local_rank, world_size)
+        self.history: List[Dict[str, float]] = []
+        self._train_seconds = 0.0
 
     def setup(self, test_mode="val") -> None:
         # Bad data (a missing LLFF path, a wrong poses file) surfaces here: one line, no traceback.
@@ -107,8 +115,17 @@ class CurvatureTrainer(Trainer):
     def _curvature_optimizers(self) -> List[CurvatureOptimizer]:
         return [opt for opt in self.optimizers.optimizers.values() if isinstance(opt, CurvatureOptimizer)]
 
-    @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
+        start = time.perf_counter()
+        loss, loss_dict, metrics_dict = self._train_iteration(step)
+        self._train_seconds += time.perf_counter() - start
+        # The final pass's colour MSE (with a PDF pass, the summed loss also holds the coarse one).
+        mse = float(loss_dict["rgb_loss"].detach()) if "rgb_loss" in loss_dict else float(loss)
+        self.history.append({"iteration": step + 1, "wall_seconds": self._train_seconds, "loss": mse})
+        return loss, loss_dict, metrics_dict
+
+    @profiler.time_function
+    def _train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
         curvature = self._curvature_optimizers()
         if not curvature and (self.mixed_precision or self.use_grad_scaler or self._accumulates()):
             return super().train_iteration(step)
@@ -159,3 +176,26 @@ class CurvatureTrainer(Trainer):
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != path:
                     old.unlink()
+        self.write_convergence()
+
+    def write_convergence(self) -> None:
+        """convergence.csv and convergence.png in the run directory: train PSNR (windowed) vs iteration and time."""
+        if not self.history:
+            return
+        rows, window = [], []
+        for row in self.history:
+            window = (window + [row["loss"]])[-self.PSNR_WINDOW :]
+            mean = sum(window) / len(window)
+            psnr = -10.0 * math.log10(mean) if mean > 0 else float("inf")
+            rows.append({**row, "train_psnr": psnr})
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.base_dir / "convergence.csv", "w", newline="") as handle:
+            writer_ = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer_.writeheader()
+            writer_.writerows(rows)
+        from nf_precond_plugin.training.plots import convergence_plot
+
+        title = f"{self.config.method_name}: train PSNR, mean loss of the last {self.PSNR_WINDOW} batches"
+        convergence_plot(
+            {self.config.method_name: rows}, "train_psnr", self.base_dir / "convergence.png", title, "iteration"
+        )

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
-def convergence_plot(histories: dict[str, list[dict[str, Any]]], metric: str, path: Path, title: str = "") -> Path:
+def convergence_plot(
+    histories: dict[str, list[dict[str, Any]]], metric: str, path: Path, title: str = "", step_key: str = "epoch"
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,10 +17,10 @@ def convergence_plot(histories: dict[str, list[dict[str, Any]]], metric: str, pa
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for name, rows in histories.items():
         rows = [row for row in rows if metric in row]
-        by_epoch.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=name)
+        by_epoch.plot([r[step_key] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=name)
         by_time.plot([r["wall_seconds"] for r in rows], [r[metric] for r in rows], label=name)
     label = metric.upper() if len(metric) <= 4 else metric
-    by_epoch.set(xlabel="epoch", ylabel=label, title="per epoch")
+    by_epoch.set(xlabel=step_key, ylabel=label, title=f"per {step_key}")
     by_time.set(xlabel="training seconds (forward + backward + optimizer)", ylabel=label, title="per second")
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)

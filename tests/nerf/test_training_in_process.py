@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,21 @@ def test_esgd_trains_with_curvature_steps_and_the_checkpoint_carries_their_state
     assert all(torch.all(s["curvature"] >= 0) and torch.any(s["curvature"] > 0) for s in per_param)
     params = dict(trainer.pipeline.model.field.named_parameters())
     assert len(per_param) == len(params)
+
+
+def test_the_run_directory_gets_a_convergence_table_and_plot(scene, tmp_path):
+    trainer = train(tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=4))
+    import csv
+
+    with open(trainer.base_dir / "convergence.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    losses = [float(r["loss"]) for r in rows]
+    # Windowed PSNR: the first row is one batch, the last the mean of all four (window 50 > 4).
+    assert float(rows[0]["train_psnr"]) == pytest.approx(-10 * math.log10(losses[0]))
+    assert float(rows[-1]["train_psnr"]) == pytest.approx(-10 * math.log10(sum(losses) / 4))
+    assert all(float(a["wall_seconds"]) < float(b["wall_seconds"]) for a, b in zip(rows, rows[1:]))
+    assert (trainer.base_dir / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_load_dir_resumes_the_schedule_and_the_curvature_state(scene, tmp_path):
