@@ -153,7 +153,8 @@ class CurvatureTrainer(Trainer):
                     total += metrics_dict[f"Gradients/{tag}"]
             metrics_dict["Gradients/Total"] = total
         self.optimizers.scheduler_step_all(step)
-        return loss.detach(), loss_dict, metrics_dict
+        # Logged, not differentiated again: the writers call float() on them.
+        return loss.detach(), {k: v.detach() for k, v in loss_dict.items()}, metrics_dict
 
     def _accumulates(self) -> bool:
         return any(n != 1 for n in self.config.gradient_accumulation_steps.values())
