@@ -1,7 +1,8 @@
 """Fern at CPU scale: gaussian-esgd vs gaussian-adam, same seed, same data, one process (the paper's Table 1 analogue).
 
 Each method trains through nerfstudio's own trainer (the plugin's CurvatureTrainer) for the same
-number of iterations from the same initial weights and ray batches. Train PSNR is the PSNR of the
+number of iterations from the same initial weights and ray batches; their steps alternate, so both
+see the same machine state (timings here drift by tens of percent over minutes). Train PSNR is the PSNR of the
 mean batch MSE over a sliding window. Reported: train PSNR vs iteration and vs time (PNG + JSON),
 the iterations and seconds ESGD needs to reach Adam's final train PSNR (goal: ≤ 0.6× Adam's
 iterations), and test PSNR/SSIM(/LPIPS if its weights are on disk) on the held-out views.
@@ -65,34 +66,51 @@ def windowed_psnr(mse: List[float], window: int) -> List[float]:
     return out
 
 
-def run_method(args, method: str, lr: float | None) -> Dict[str, Any]:
-    trainer = build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, lr, args.seed)
+def run_methods(args, methods_and_lrs: List[tuple]) -> List[Dict[str, Any]]:
+    """Train the methods step by step in turn, each with its own torch RNG stream.
+
+    Interleaving makes the time comparison fair (this machine's speed drifts by tens of percent
+    over minutes); swapping RNG states keeps each method's rays, jitter and probes exactly those of
+    a run on its own.
+    """
+    trainers, rng_states = [], []
+    for method, lr in methods_and_lrs:
+        trainers.append(build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, lr, args.seed))
+        rng_states.append(torch.get_rng_state())
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    mse, seconds = [], []
-    elapsed = 0.0
+    mse: List[List[float]] = [[] for _ in trainers]
+    seconds: List[List[float]] = [[] for _ in trainers]
+    elapsed = [0.0 for _ in trainers]
     from rich.progress import Progress
 
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"{method}", total=args.iterations)
+        task = progress.add_task(" vs ".join(m for m, _ in methods_and_lrs), total=args.iterations)
         for step in range(args.iterations):
-            trainer.pipeline.train()
-            synchronize()
-            start = time.perf_counter()
-            _, loss_dict, _ = trainer.train_iteration(step)
-            synchronize()
-            elapsed += time.perf_counter() - start
-            mse.append(float(loss_dict["rgb_loss"].detach()))
-            seconds.append(elapsed)
+            for index, trainer in enumerate(trainers):
+                torch.set_rng_state(rng_states[index])
+                trainer.pipeline.train()
+                synchronize()
+                start = time.perf_counter()
+                _, loss_dict, _ = trainer.train_iteration(step)
+                synchronize()
+                elapsed[index] += time.perf_counter() - start
+                rng_states[index] = torch.get_rng_state()
+                mse[index].append(float(loss_dict["rgb_loss"].detach()))
+                seconds[index].append(elapsed[index])
             progress.advance(task)
-    metrics = trainer.pipeline.get_average_eval_image_metrics()
-    lr_used = trainer.config.optimizers["fields"]["optimizer"].lr
-    return {
-        "method": method,
-        "lr": lr_used,
-        "train_mse": mse,
-        "seconds": seconds,
-        "test": {k: metrics.get(k) for k in ("psnr", "ssim", "lpips")},
-    }
+    runs = []
+    for index, trainer in enumerate(trainers):
+        metrics = trainer.pipeline.get_average_eval_image_metrics()
+        runs.append(
+            {
+                "method": methods_and_lrs[index][0],
+                "lr": trainer.config.optimizers["fields"]["optimizer"].lr,
+                "train_mse": mse[index],
+                "seconds": seconds[index],
+                "test": {k: metrics.get(k) for k in ("psnr", "ssim", "lpips")},
+            }
+        )
+    return runs
 
 
 def first_reaching(curve: List[float], target: float) -> int | None:
@@ -122,15 +140,23 @@ def main() -> None:
         raise SystemExit(f"error: {args.scene}: not an LLFF scene (poses_bounds.npy missing); pass --scene")
 
     suffix = "-cpu" if args.scale == "cpu" else ""
-    runs = [
-        run_method(args, f"gaussian-adam{suffix}", args.adam_lr),
-        run_method(args, f"gaussian-esgd{suffix}", args.esgd_lr),
-    ]
+    runs = run_methods(args, [(f"gaussian-adam{suffix}", args.adam_lr), (f"gaussian-esgd{suffix}", args.esgd_lr)])
     adam, esgd = runs
     for run in runs:
         run["train_psnr"] = windowed_psnr(run["train_mse"], args.window)
     target = adam["train_psnr"][-1]
     reach = first_reaching(esgd["train_psnr"], target)
+    targets = {}
+    for fraction in (0.5, 0.75, 0.9, 1.0):
+        # PSNR levels on Adam's way from its first to its final windowed value.
+        level = adam["train_psnr"][0] + fraction * (target - adam["train_psnr"][0])
+        reach_adam, reach_esgd = first_reaching(adam["train_psnr"], level), first_reaching(esgd["train_psnr"], level)
+        targets[f"{level:.2f}"] = {
+            "adam_iterations": reach_adam,
+            "esgd_iterations": reach_esgd,
+            "adam_seconds": None if reach_adam is None else adam["seconds"][reach_adam - 1],
+            "esgd_seconds": None if reach_esgd is None else esgd["seconds"][reach_esgd - 1],
+        }
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}"
@@ -145,6 +171,7 @@ def main() -> None:
         "esgd_seconds_to_adam_final": None if reach is None else esgd["seconds"][reach - 1],
         "adam_seconds": adam["seconds"][-1],
         "esgd_seconds": esgd["seconds"][-1],
+        "milestones": targets,
         "test": {run["method"]: run["test"] for run in runs},
         "lr": {run["method"]: run["lr"] for run in runs},
     }
