@@ -45,9 +45,7 @@ def build_trainer(method: str, scene: Path, output: Path, device: str, iteration
     config.steps_per_save = 10**9
     if lr is not None:
         config.optimizers["fields"]["optimizer"].lr = lr
-    scheduler = config.optimizers["fields"]["scheduler"]
-    scheduler.lr_final = config.optimizers["fields"]["optimizer"].lr * 0.1
-    scheduler.max_steps = iterations
+    config.optimizers["fields"]["scheduler"].max_steps = None  # decay over this run's iterations
     config.set_timestamp()
     random.seed(seed)
     np.random.seed(seed)

@@ -13,12 +13,15 @@ from typing import Any, Dict
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nf_precond_plugin.nerf.llff import LLFFDataParserConfig
 from nf_precond_plugin.nerf.model import GaussianNeRFModelConfig
-from nf_precond_plugin.nerf.optimizers import AdaHessianOptimizerConfig, ESGDOptimizerConfig
+from nf_precond_plugin.nerf.optimizers import (
+    AdaHessianOptimizerConfig,
+    DecayToFractionSchedulerConfig,
+    ESGDOptimizerConfig,
+)
 from nf_precond_plugin.nerf.pipeline import CurvaturePipelineConfig
 from nf_precond_plugin.nerf.trainer import CurvatureTrainerConfig
 
@@ -52,7 +55,7 @@ def trainer_config(method_name: str, optimizer: OptimizerConfig, scale: Dict[str
         max_num_iterations=scale["iterations"],
         steps_per_eval_batch=scale["steps_per_eval_image"],
         steps_per_eval_image=scale["steps_per_eval_image"],
-        steps_per_eval_all_images=scale["iterations"],
+        steps_per_eval_all_images=0,  # off: full-image evaluation is ns-eval's job (slow on a CPU)
         steps_per_save=scale["steps_per_save"],
         mixed_precision=False,
         use_grad_scaler=False,
@@ -67,9 +70,7 @@ def trainer_config(method_name: str, optimizer: OptimizerConfig, scale: Dict[str
         optimizers={
             "fields": {
                 "optimizer": optimizer,
-                "scheduler": ExponentialDecaySchedulerConfig(
-                    lr_final=optimizer.lr * 0.1, max_steps=scale["iterations"]
-                ),
+                "scheduler": DecayToFractionSchedulerConfig(final_fraction=0.1),
             }
         },
         viewer=ViewerConfig(num_rays_per_chunk=4 * scale["rays"]),

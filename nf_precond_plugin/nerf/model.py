@@ -44,6 +44,16 @@ class DepthBoundsCollider(SceneCollider):
         self.near_plane = near_plane
         self.far_plane = far_plane
 
+    def forward(self, ray_bundle: RayBundle) -> RayBundle:
+        # A crop box (viewer, ns-render) arrives as nears/fars already set; nerfstudio's collider
+        # would then skip the bounds, and disparity sampling from t = 0 gives infinite positions.
+        crop_nears, crop_fars = ray_bundle.nears, ray_bundle.fars
+        ray_bundle = self.set_nears_and_fars(ray_bundle)
+        if crop_nears is not None and crop_fars is not None:
+            ray_bundle.nears = torch.maximum(ray_bundle.nears, crop_nears)
+            ray_bundle.fars = torch.maximum(torch.minimum(ray_bundle.fars, crop_fars), ray_bundle.nears)
+        return ray_bundle
+
     def set_nears_and_fars(self, ray_bundle: RayBundle) -> RayBundle:
         stretch = ray_bundle.metadata.get("directions_norm") if ray_bundle.metadata else None
         if stretch is None:

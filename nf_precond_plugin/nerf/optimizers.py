@@ -7,10 +7,14 @@ the command line as ``--optimizers.fields.optimizer.<field>``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Tuple, Type
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple, Type
 
 from nerfstudio.engine.optimizers import OptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from nf_precond_plugin.optim.adahessian import AdaHessian
 from nf_precond_plugin.optim.esgd import ESGD
@@ -60,3 +64,32 @@ class AdaHessianOptimizerConfig(OptimizerConfig):
     """Steps between Hessian-vector products after the warm-up."""
     d_warmup: int = 1
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+
+
+@dataclass
+class DecayToFractionSchedulerConfig(ExponentialDecaySchedulerConfig):
+    """Exponential decay from the optimizer's lr to ``final_fraction`` × lr over ``max_steps``.
+
+    Unlike nerfstudio's absolute ``lr_final``, the end point follows ``--optimizers.fields.optimizer.lr``,
+    and ``max_steps`` = None follows ``--max-num-iterations`` (the trainer fills it in).
+    """
+
+    _target: Type = field(default_factory=lambda: DecayToFractionScheduler)
+    final_fraction: float = 0.1
+    """lr at ``max_steps`` ÷ the optimizer's lr."""
+    max_steps: Optional[int] = None  # type: ignore[assignment]
+    """Steps of the decay; None: the run's --max-num-iterations."""
+
+
+class DecayToFractionScheduler(ExponentialDecayScheduler):
+    config: DecayToFractionSchedulerConfig
+
+    def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> LRScheduler:
+        if not 0.0 < self.config.final_fraction <= 1.0:
+            raise ValueError(f"Invalid final_fraction: {self.config.final_fraction} (expected 0 < f <= 1)")
+        absolute = dataclasses.replace(
+            self.config,
+            lr_final=lr_init * self.config.final_fraction,
+            max_steps=self.config.max_steps if self.config.max_steps is not None else 100_000,
+        )
+        return ExponentialDecayScheduler(absolute).get_scheduler(optimizer, lr_init)

@@ -2,7 +2,7 @@
 
 The model leaves LPIPS out of its per-image metrics when AlexNet's weights are not on disk, and
 nerfstudio averages only the keys it gets; ``ns-eval``'s JSON then says ``"lpips": null`` rather
-than silently lacking the key.
+than silently lacking the key. (The trainer's own all-image evaluation just lacks the key.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class CurvaturePipelineConfig(VanillaPipelineConfig):
 class CurvaturePipeline(VanillaPipeline):
     def get_average_image_metrics(self, data_loader, image_prefix, step=None, output_path=None, get_std=False):
         metrics = super().get_average_image_metrics(data_loader, image_prefix, step, output_path, get_std)
-        metrics.setdefault("lpips", None)
+        # Only ns-eval asks for standard deviations; the trainer's writers would call float(None).
         if get_std:
+            metrics.setdefault("lpips", None)
             metrics.setdefault("lpips_std", None)
         return metrics

@@ -23,6 +23,7 @@ from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerC
 from nerfstudio.utils import profiler
 
 from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig
 from nf_precond_plugin.optim.base import CurvatureOptimizer
 from nf_precond_plugin.runtime import configure_entry_point
 
@@ -101,6 +102,10 @@ class CurvatureTrainer(Trainer):
             raise SystemExit(f"error: {error}") from None
         # ns-train is nerfstudio's entry point, so the trainer is the first project code to run.
         configure_entry_point()
+        for entry in config.optimizers.values():
+            scheduler = entry.get("scheduler")
+            if isinstance(scheduler, DecayToFractionSchedulerConfig) and scheduler.max_steps is None:
+                scheduler.max_steps = config.max_num_iterations
         super().__init__(config, local_rank, world_size)
         self.history: List[Dict[str, float]] = []
         self._train_seconds = 0.0
@@ -170,7 +175,8 @@ class CurvatureTrainer(Trainer):
             "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
         }
-        partial = path.with_suffix(".ckpt.partial")
+        # Outside nerfstudio_models/: nerfstudio picks the latest step by parsing every name there.
+        partial = self.base_dir / f".{path.name}.partial"
         torch.save(without_numpy_scalars(state), partial)
         os.replace(partial, path)
         if self.config.save_only_latest_checkpoint:

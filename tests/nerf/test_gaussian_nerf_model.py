@@ -163,3 +163,15 @@ def test_llff_depth_bounds_become_per_ray_distances_that_end_on_the_depth_planes
     torch.testing.assert_close(near_point[..., 2].reshape(1), torch.tensor([-NEAR]))
     torch.testing.assert_close(far_point[..., 2].reshape(1), torch.tensor([-FAR]))
     assert bounded.fars.item() > FAR * 1.1  # the corner is well off-axis: distance > depth
+
+
+def test_a_crop_box_only_narrows_the_depth_bounds():
+    """Rays that arrive with a crop's [t0, t1] (viewer, ns-render) keep t within [near, far] ∩ [t0, t1]."""
+    model = tiny_model()
+    rays = forward_rays(3)
+    rays.nears = torch.tensor([[0.0], [2.0], [7.0]])
+    rays.fars = torch.tensor([[3.0], [9.0], [8.0]])
+    bounded = model.collider(rays)
+    torch.testing.assert_close(bounded.nears, torch.tensor([[NEAR], [2.0], [7.0]]))
+    torch.testing.assert_close(bounded.fars, torch.tensor([[3.0], [FAR], [7.0]]))  # an empty range stays empty
+    assert torch.isfinite(model(forward_rays(3))["rgb"]).all()

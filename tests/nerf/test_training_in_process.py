@@ -178,3 +178,25 @@ def test_adam_may_still_use_accumulation_and_several_devices():
     config.gradient_accumulation_steps = {"fields": 4}
     config.machine.num_devices = 2
     check_supported(config, world_size=2)
+
+
+def test_the_learning_rate_decays_to_a_tenth_of_the_command_line_lr_over_the_run(scene, tmp_path):
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=6)
+    config.optimizers["fields"]["optimizer"].lr = 0.01  # as `--optimizers.fields.optimizer.lr 0.01` would
+    trainer = train(config)
+    lr = trainer.optimizers.optimizers["fields"].param_groups[0]["lr"]
+    # nerfstudio's exponential decay: lr_k = exp((1 − k/K)·ln lr₀ + (k/K)·ln lr_final), here after 6 of 6 steps.
+    assert lr == pytest.approx(0.001, rel=1e-6)
+
+
+def test_an_interrupted_save_leaves_no_partial_file_among_the_checkpoints(scene, tmp_path, monkeypatch):
+    trainer = train(tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=2))
+    good = latest_checkpoint(trainer)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(5)
+    assert sorted(trainer.checkpoint_dir.iterdir()) == [good]  # what nerfstudio's loaders list and parse
