@@ -107,6 +107,5 @@ def run_nerf_demo(config: NerfDemoConfig) -> dict:
     _console.print(f"run:      {run_dir}")
     _console.print(f"renders:  {renders}")
     _console.print(f"viewer:   ns-viewer --load-config {config_path}  (then open the printed http://… address)")
-    _console.print(f"your data: ns-train {config.method.removesuffix('-cpu')} --data <llff scene> "
-                   f"{'--machine.device-type cpu' if config.device == 'cpu' else ''}".rstrip())
+    _console.print(f"your data: ns-train {config.method} --data <llff scene> --machine.device-type {config.device}")
     return {"run_dir": str(run_dir), "results": results}
