@@ -21,10 +21,9 @@ from nf_precond_plugin.optim.esgd import ESGD
 
 
 @dataclass
-class ESGDOptimizerConfig(OptimizerConfig):
-    """ESGD: EMA (or decayed max) of (Hv)², a Hessian-vector product on the first ``d_warmup`` steps, then every ``update_d_every``."""
+class CurvatureOptimizerConfig(OptimizerConfig):
+    """What ESGD and AdaHessian share: Adam-like hyperparameters and the Hessian-vector-product schedule."""
 
-    _target: Type = ESGD
     lr: float = 0.05
     """Learning rate."""
     eps: float = 1e-4
@@ -33,10 +32,19 @@ class ESGDOptimizerConfig(OptimizerConfig):
     """Momentum and curvature-EMA coefficients."""
     weight_decay: float = 0.0
     """L2 penalty added to the gradient."""
-    update_d_every: int = 100
+    update_d_every: int = 1
     """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int = 50
+    d_warmup: int = 1
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+
+
+@dataclass
+class ESGDOptimizerConfig(CurvatureOptimizerConfig):
+    """ESGD: EMA (or decayed max) of (Hv)², a Hessian-vector product on the first ``d_warmup`` steps, then every ``update_d_every``."""
+
+    _target: Type = ESGD
+    update_d_every: int = 100
+    d_warmup: int = 50
     variant: Literal["ema", "max"] = "ema"
     """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max)."""
     bias_correction: Literal["paper", "hvp"] = "paper"
@@ -44,26 +52,14 @@ class ESGDOptimizerConfig(OptimizerConfig):
 
 
 @dataclass
-class AdaHessianOptimizerConfig(OptimizerConfig):
+class AdaHessianOptimizerConfig(CurvatureOptimizerConfig):
     """AdaHessian: Adam with the squared-gradient EMA replaced by an EMA of a Hessian-diagonal estimate."""
 
     _target: Type = AdaHessian
-    lr: float = 0.05
-    """Learning rate."""
-    eps: float = 1e-4
-    """Added to the preconditioner's square root before dividing."""
-    betas: Tuple[float, float] = (0.9, 0.999)
-    """Momentum and curvature-EMA coefficients."""
-    weight_decay: float = 0.0
-    """L2 penalty added to the gradient."""
     estimator: Literal["equilibration", "jacobi"] = "equilibration"
     """Curvature sample: (Hv)² (AdaHessian(E)) or v ⊙ Hv (AdaHessian(J), the original)."""
     hessian_power: float = 1.0
     """Exponent k of the preconditioner D^(k/2)."""
-    update_d_every: int = 1
-    """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int = 1
-    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
 
 
 @dataclass
