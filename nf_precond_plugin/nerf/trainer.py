@@ -108,6 +108,9 @@ class CurvatureTrainer(Trainer):
                 scheduler.max_steps = config.max_num_iterations
         super().__init__(config, local_rank, world_size)
         self.history: List[Dict[str, float]] = []
+        # Losses stay on the device until a checkpoint writes them: float() every step would
+        # synchronise a GPU on every iteration.
+        self._pending_losses: List[torch.Tensor] = []
         self._train_seconds = 0.0
 
     def setup(self, test_mode="val") -> None:
@@ -125,8 +128,8 @@ class CurvatureTrainer(Trainer):
         loss, loss_dict, metrics_dict = self._train_iteration(step)
         self._train_seconds += time.perf_counter() - start
         # The final pass's colour MSE (with a PDF pass, the summed loss also holds the coarse one).
-        mse = float(loss_dict["rgb_loss"].detach()) if "rgb_loss" in loss_dict else float(loss)
-        self.history.append({"iteration": step + 1, "wall_seconds": self._train_seconds, "loss": mse})
+        self._pending_losses.append(loss_dict["rgb_loss"].detach() if "rgb_loss" in loss_dict else loss.detach())
+        self.history.append({"iteration": step + 1, "wall_seconds": self._train_seconds})
         return loss, loss_dict, metrics_dict
 
     @profiler.time_function
@@ -189,6 +192,11 @@ class CurvatureTrainer(Trainer):
         """convergence.csv and convergence.png in the run directory: train PSNR (windowed) vs iteration and time."""
         if not self.history:
             return
+        if self._pending_losses:
+            values = torch.stack(self._pending_losses).tolist()
+            for row, value in zip(self.history[len(self.history) - len(values) :], values):
+                row["loss"] = value
+            self._pending_losses = []
         rows, window = [], []
         for row in self.history:
             window = (window + [row["loss"]])[-self.PSNR_WINDOW :]
