@@ -43,13 +43,26 @@ def main() -> None:
         raise SystemExit(f"benchmark image not found: {args.image} (the DIV2K lion lives in ../shared/data)")
     names = args.optimizers.split(",")
     report = [e for e in map(int, args.report_epochs.split(",")) if e <= args.epochs]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
-               "torch": torch.__version__, "image": str(args.image), "epochs": args.epochs, "runs": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
+        "torch": torch.__version__,
+        "image": str(args.image),
+        "epochs": args.epochs,
+        "runs": {},
+    }
     for activation in args.activations.split(","):
         config = ImageConfig(image=args.image, activation=activation, epochs=args.epochs, output_dir=args.output_dir)
         rates = {name: default_lr(name, activation) for name in names}
-        settings = RunSettings(names, rates, epochs=args.epochs, batch_size=config.batch_size, output_dir=args.output_dir,
-                               config={"benchmark": "image_optimizers", "activation": activation, "optimizers": names}, progress=False)
+        settings = RunSettings(
+            names,
+            rates,
+            epochs=args.epochs,
+            batch_size=config.batch_size,
+            output_dir=args.output_dir,
+            config={"benchmark": "image_optimizers", "activation": activation, "optimizers": names},
+            progress=False,
+        )
         started = time.time()
         summary = run_task(ImageTask(config), settings)
         histories = {}
@@ -69,7 +82,11 @@ def main() -> None:
                 "ms_per_step": 1e3 * result["seconds_per_step"],
                 "step_time_vs_adam": result["seconds_per_step"] / adam_step if adam_step else None,
             }
-        results["runs"][activation] = {"optimizers": entry, "run_dir": summary["run_dir"], "minutes": (time.time() - started) / 60}
+        results["runs"][activation] = {
+            "optimizers": entry,
+            "run_dir": summary["run_dir"],
+            "minutes": (time.time() - started) / 60,
+        }
         line = "  ".join(f"{n}: " + "/".join(f"{entry[n]['psnr_at'][e]:.2f}" for e in report) for n in names)
         print(f"{activation:9s} PSNR at epochs {report}: {line}", flush=True)
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def build_trainer(method: str, scene: Path, output: Path, device: str, iteration
     return trainer
 
 
-def windowed_psnr(mse: List[float], window: int) -> List[float]:
+def windowed_psnr(mse: list[float], window: int) -> list[float]:
     cumulative = np.cumsum([0.0, *mse])
     out = []
     for i in range(1, len(mse) + 1):
@@ -64,7 +64,7 @@ def windowed_psnr(mse: List[float], window: int) -> List[float]:
     return out
 
 
-def run_methods(args, methods_and_lrs: List[tuple]) -> List[Dict[str, Any]]:
+def run_methods(args, methods_and_lrs: list[tuple]) -> list[dict[str, Any]]:
     """Train the methods step by step in turn, each with its own torch RNG stream.
 
     Interleaving makes the time comparison fair (this machine's speed drifts by tens of percent
@@ -76,8 +76,8 @@ def run_methods(args, methods_and_lrs: List[tuple]) -> List[Dict[str, Any]]:
         trainers.append(build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, lr, args.seed))
         rng_states.append(torch.get_rng_state())
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    mse: List[List[float]] = [[] for _ in trainers]
-    seconds: List[List[float]] = [[] for _ in trainers]
+    mse: list[list[float]] = [[] for _ in trainers]
+    seconds: list[list[float]] = [[] for _ in trainers]
     elapsed = [0.0 for _ in trainers]
     from rich.progress import Progress
 
@@ -111,7 +111,7 @@ def run_methods(args, methods_and_lrs: List[tuple]) -> List[Dict[str, Any]]:
     return runs
 
 
-def first_reaching(curve: List[float], target: float) -> int | None:
+def first_reaching(curve: list[float], target: float) -> int | None:
     for index, value in enumerate(curve):
         if value >= target:
             return index + 1
@@ -179,7 +179,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
 
 
-def plot(runs: List[Dict[str, Any]], path: Path, target: float) -> None:
+def plot(runs: list[dict[str, Any]], path: Path, target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,23 +43,42 @@ def main() -> None:
     names = args.optimizers.split(",")
     config = OccupancyConfig(mesh=args.mesh, activation=args.activation, epochs=args.epochs, output_dir=args.output_dir)
     rates = {name: default_lr(name, args.activation) for name in names}
-    settings = RunSettings(names, rates, epochs=args.epochs, batch_size=config.batch_size, output_dir=args.output_dir,
-                           config={"benchmark": "occupancy_optimizers", "optimizers": names, "epochs": args.epochs}, progress=False)
+    settings = RunSettings(
+        names,
+        rates,
+        epochs=args.epochs,
+        batch_size=config.batch_size,
+        output_dir=args.output_dir,
+        config={"benchmark": "occupancy_optimizers", "optimizers": names, "epochs": args.epochs},
+        progress=False,
+    )
     started = time.time()
     summary = run_task(OccupancyTask(config), settings)
     curves: dict[str, dict[int, dict[str, float]]] = {}
     with open(Path(summary["run_dir"]) / "metrics.csv") as handle:
         for row in csv.DictReader(handle):
             curves.setdefault(row["optimizer"], {})[int(row["epoch"])] = {
-                "iou": float(row["iou"]), "iou_last_batch": float(row["iou_last_batch"]), "seconds": float(row["wall_seconds"])}
+                "iou": float(row["iou"]),
+                "iou_last_batch": float(row["iou_last_batch"]),
+                "seconds": float(row["wall_seconds"]),
+            }
     adam_step = summary["optimizers"].get("adam", {}).get("seconds_per_step")
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
-        "torch": torch.__version__, "mesh": str(args.mesh), "epochs": args.epochs, "minutes": (time.time() - started) / 60,
-        "labels": summary["data"]["labels"], "run_dir": summary["run_dir"],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()} CPU, {args.threads} thread(s)",
+        "torch": torch.__version__,
+        "mesh": str(args.mesh),
+        "epochs": args.epochs,
+        "minutes": (time.time() - started) / 60,
+        "labels": summary["data"]["labels"],
+        "run_dir": summary["run_dir"],
         "optimizers": {
-            name: {"lr": rates[name], "curve": curves[name], "ms_per_step": 1e3 * summary["optimizers"][name]["seconds_per_step"],
-                   "step_time_vs_adam": summary["optimizers"][name]["seconds_per_step"] / adam_step if adam_step else None}
+            name: {
+                "lr": rates[name],
+                "curve": curves[name],
+                "ms_per_step": 1e3 * summary["optimizers"][name]["seconds_per_step"],
+                "step_time_vs_adam": summary["optimizers"][name]["seconds_per_step"] / adam_step if adam_step else None,
+            }
             for name in names
         },
     }

@@ -144,7 +144,11 @@ def hvp_method_ratio(device: str, repeats: int) -> dict:
         reverse.append(timed(double_backward))
         forward.append(timed(forward_over_reverse))
     r_ms, f_ms = 1e3 * statistics.median(reverse), 1e3 * statistics.median(forward)
-    return {"double_backward_ms": r_ms, "forward_over_reverse_ms": f_ms, "double_backward_vs_forward_over_reverse": r_ms / f_ms}
+    return {
+        "double_backward_ms": r_ms,
+        "forward_over_reverse_ms": f_ms,
+        "double_backward_vs_forward_over_reverse": r_ms / f_ms,
+    }
 
 
 def flush_denormal_child(flush: bool, repeats: int, raw_exp: bool) -> None:
@@ -168,7 +172,16 @@ def flush_denormal_ratio(repeats: int, threads: int) -> dict:
     timings = {}
     for raw in ("", "--raw-exp"):
         for flush in ("0", "1"):
-            command = [sys.executable, __file__, "--flush-child", flush, "--repeats", str(repeats), "--threads", str(threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--flush-child",
+                flush,
+                "--repeats",
+                str(repeats),
+                "--threads",
+                str(threads),
+            ]
             out = subprocess.run(command + ([raw] if raw else []), check=True, capture_output=True, text=True)
             timings[raw, flush] = float(out.stdout.strip().splitlines()[-1])
     return {
@@ -212,7 +225,9 @@ def peak_memory_ratio(device: str) -> dict:
     for name in ("adam", "esgd"):
         out = subprocess.run(
             [sys.executable, __file__, "--peak-memory-child", name, "--device", device],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         peaks[name] = float(out.stdout.strip().splitlines()[-1])
     kind = (
@@ -220,7 +235,12 @@ def peak_memory_ratio(device: str) -> dict:
         if device.startswith("cuda")
         else "peak RSS during 150 steps above the RSS before the first (optimizer state + autograd graphs)"
     )
-    return {"adam_peak_mib": peaks["adam"], "esgd_peak_mib": peaks["esgd"], "esgd_vs_adam_peak_memory": peaks["esgd"] / peaks["adam"], "memory_measure": kind}
+    return {
+        "adam_peak_mib": peaks["adam"],
+        "esgd_peak_mib": peaks["esgd"],
+        "esgd_vs_adam_peak_memory": peaks["esgd"] / peaks["adam"],
+        "memory_measure": kind,
+    }
 
 
 def main() -> None:
@@ -244,7 +264,11 @@ def main() -> None:
     if args.flush_child:
         flush_denormal_child(args.flush_child == "1", args.repeats, args.raw_exp)
         return
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads"
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads"
+    )
     results = {"device": device_name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
     results.update(amortised_ratio(args.device, args.cycles, lr_scale=0.0))
     results.update(amortised_ratio(args.device, args.cycles, lr_scale=1.0))

@@ -1,8 +1,8 @@
 """`nf-precond`: the paper's diagnostics as commands (tyro subcommands, like nerfstudio's CLIs).
 
-    nf-precond sparsity --activation relu-pe --json     # Fig. 4: HVP sparsity during training
-    nf-precond condition --json                         # Fig. 2: κ of H under D^E and D^J
-    nf-precond nerf-demo                                # ns-train → ns-eval → ns-render on the demo scene
+nf-precond sparsity --activation relu-pe --json     # Fig. 4: HVP sparsity during training
+nf-precond condition --json                         # Fig. 2: κ of H under D^E and D^J
+nf-precond nerf-demo                                # ns-train → ns-eval → ns-render on the demo scene
 """
 
 from __future__ import annotations

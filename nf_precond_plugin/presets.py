@@ -11,7 +11,9 @@ IMAGE_LAYERS = 5
 IMAGE_BATCH = 512
 
 
-def image_field_kwargs(activation: str, hidden_features: int = IMAGE_HIDDEN, num_layers: int = IMAGE_LAYERS) -> dict[str, Any]:
+def image_field_kwargs(
+    activation: str, hidden_features: int = IMAGE_HIDDEN, num_layers: int = IMAGE_LAYERS
+) -> dict[str, Any]:
     return dict(
         in_features=2,
         out_features=3,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Fit a coordinate MLP to an image (the paper's §5.1) and report PSNR per epoch.
 
-    python standalone/image.py                                  # embedded astronaut, Gaussian, ESGD
-    python standalone/image.py --image lion.png --compare adam,esgd --epochs 10
-    python standalone/image.py --config configs/image/gaussian-esgd.yaml
+python standalone/image.py                                  # embedded astronaut, Gaussian, ESGD
+python standalone/image.py --image lion.png --compare adam,esgd --epochs 10
+python standalone/image.py --config configs/image/gaussian-esgd.yaml
 """
 
 import sys

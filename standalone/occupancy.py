@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Fit a binary occupancy field to a mesh (the paper's §5.2) and report IoU per epoch.
 
-    python standalone/occupancy.py                                 # embedded mesh, Gaussian, ESGD
-    python standalone/occupancy.py --mesh armadillo.off --compare adam,esgd --epochs 20
-    python standalone/occupancy.py --config configs/occupancy/gaussian-esgd.yaml
+python standalone/occupancy.py                                 # embedded mesh, Gaussian, ESGD
+python standalone/occupancy.py --mesh armadillo.off --compare adam,esgd --epochs 20
+python standalone/occupancy.py --config configs/occupancy/gaussian-esgd.yaml
 """
 
 import sys

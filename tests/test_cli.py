@@ -22,8 +22,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_sparsity_json_is_one_object_and_files_exist(tmp_path):
-    result = run_cli("sparsity", "--activation", "relu", "--steps", "6", "--measure-every", "3", "--size", "32",
-                     "--json", "--output-dir", str(tmp_path), cwd=tmp_path)
+    result = run_cli(
+        "sparsity",
+        "--activation",
+        "relu",
+        "--steps",
+        "6",
+        "--measure-every",
+        "3",
+        "--size",
+        "32",
+        "--json",
+        "--output-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert 0.0 < payload["sparsity"] <= 1.0
@@ -75,7 +88,18 @@ def test_grayscale_and_rgba_images_are_accepted(tmp_path):
     iio.imwrite(tmp_path / "gray.png", (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8))
     iio.imwrite(tmp_path / "rgba.png", np.full((20, 24, 4), 200, dtype=np.uint8))
     for name in ("gray.png", "rgba.png"):
-        result = run_cli("sparsity", "--image", name, "--steps", "1", "--size", "16", "--json",
-                         "--output-dir", str(tmp_path), cwd=tmp_path)
+        result = run_cli(
+            "sparsity",
+            "--image",
+            name,
+            "--steps",
+            "1",
+            "--size",
+            "16",
+            "--json",
+            "--output-dir",
+            str(tmp_path),
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["image"] == name

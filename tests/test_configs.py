@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nf_precond_plugin.optim.factory import OPTIMIZERS
 from nf_precond_plugin.fields import ACTIVATIONS
+from nf_precond_plugin.optim.factory import OPTIMIZERS
 from nf_precond_plugin.tasks.cli_support import config_defaults
 from nf_precond_plugin.tasks.image import ImageConfig
 from nf_precond_plugin.tasks.occupancy import OccupancyConfig
@@ -33,7 +33,9 @@ def test_one_config_per_task_activation_and_optimizer():
 def test_config_parses_into_the_task_options(path):
     config, rest = config_defaults(TASKS[path.parent.name], ["--config", str(path), "--epochs", "3"])
     assert rest == ["--epochs", "3"]
-    activation, optimizer = path.stem.split("-", 1) if not path.stem.startswith("relu-pe") else ("relu-pe", path.stem[8:])
+    activation, optimizer = (
+        path.stem.split("-", 1) if not path.stem.startswith("relu-pe") else ("relu-pe", path.stem[8:])
+    )
     assert (config.activation, config.optimizer) == (activation, optimizer)
     raw = yaml.safe_load(path.read_text())
     assert config.epochs == raw["epochs"] == 200
@@ -56,9 +58,29 @@ def test_unknown_keys_in_a_config_are_refused(tmp_path):
 def test_a_paper_config_runs_when_shrunk_by_flags(shared_data, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, "standalone/image.py", "--config", "configs/image/wavelet-esgd.yaml", "--size", "16",
-         "--epochs", "1", "--hidden-features", "16", "--num-layers", "2", "--batch-size", "64", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        [
+            sys.executable,
+            "standalone/image.py",
+            "--config",
+            "configs/image/wavelet-esgd.yaml",
+            "--size",
+            "16",
+            "--epochs",
+            "1",
+            "--hidden-features",
+            "16",
+            "--num-layers",
+            "2",
+            "--batch-size",
+            "64",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     (run_dir,) = tmp_path.iterdir()

@@ -24,7 +24,14 @@ SMALL = ["--size", "24", "--hidden-features", "32", "--num-layers", "3", "--batc
 
 def image_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / "standalone" / "image.py"), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "standalone" / "image.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def only_run_dir(base: Path) -> Path:
@@ -95,7 +102,9 @@ def test_resume_continues_an_interrupted_run_bit_identically(tmp_path):
     config = ImageConfig(size=20, hidden_features=32, num_layers=3, batch_size=80, sigma=0.2)
 
     def settings(output: Path, resume: Path | None = None) -> RunSettings:
-        return RunSettings(["esgd"], {"esgd": 0.05}, epochs=4, batch_size=80, output_dir=output, resume=resume, progress=False)
+        return RunSettings(
+            ["esgd"], {"esgd": 0.05}, epochs=4, batch_size=80, output_dir=output, resume=resume, progress=False
+        )
 
     reference = run_task(ImageTask(config), settings(tmp_path / "reference"))
     interrupted = InterruptedImageTask(config)
@@ -113,7 +122,9 @@ def test_resume_continues_an_interrupted_run_bit_identically(tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    result = image_cli(*SMALL, "--epochs", "6", "--optimizer", "sgd", "--lr", "1e6", "--output-dir", "out", cwd=tmp_path)
+    result = image_cli(
+        *SMALL, "--epochs", "6", "--optimizer", "sgd", "--lr", "1e6", "--output-dir", "out", cwd=tmp_path
+    )
     assert result.returncode == 3, result.stderr
     assert "training stopped" in result.stderr and "Traceback" not in result.stderr
     run_dir = only_run_dir(tmp_path / "out")
@@ -143,8 +154,27 @@ def test_bad_input_gives_a_one_line_error(tmp_path, args, expected):
 @pytest.mark.shared_data
 def test_lion_fits(shared_data, tmp_path):
     lion = shared_data / "div2k" / "test_data" / "14.png"
-    result = image_cli("--image", str(lion), "--size", "32", "--hidden-features", "64", "--num-layers", "3",
-                       "--batch-size", "128", "--epochs", "3", "--optimizer", "adam", "--lr", "1e-3", "--output-dir", "out", cwd=tmp_path)
+    result = image_cli(
+        "--image",
+        str(lion),
+        "--size",
+        "32",
+        "--hidden-features",
+        "64",
+        "--num-layers",
+        "3",
+        "--batch-size",
+        "128",
+        "--epochs",
+        "3",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--output-dir",
+        "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     psnr = [float(r["psnr"]) for r in read_metrics(only_run_dir(tmp_path / "out"))]
     assert psnr[-1] > psnr[0] and psnr[-1] > 12

@@ -159,7 +159,9 @@ def test_containment_labels_match_the_analytic_sphere():
     assert_labels_match_sphere(mesh, labeler, sphere_test_points(np.random.default_rng(1), 3000))
 
 
-@pytest.mark.parametrize("backend", ["exact", pytest.param("libigl", marks=pytest.mark.skipif(not HAS_IGL, reason="igl not installed"))])
+@pytest.mark.parametrize(
+    "backend", ["exact", pytest.param("libigl", marks=pytest.mark.skipif(not HAS_IGL, reason="igl not installed"))]
+)
 def test_winding_number_labels_match_the_analytic_sphere(backend):
     mesh = unit_sphere_mesh()
     labeler = OccupancyLabeler(mesh, use="winding_numbers", winding_backend=backend)
@@ -176,7 +178,9 @@ def test_exact_winding_number_equals_closed_form_solid_angles():
     np.testing.assert_allclose(winding_numbers_exact(cube.vertices, top, np.zeros((1, 3))), [1 / 6], atol=1e-6)
     np.testing.assert_allclose(winding_numbers_exact(cube.vertices, cube.faces, [[3.0, 0.2, -0.1]]), [0.0], atol=1e-6)
     # inverted orientation flips the sign
-    np.testing.assert_allclose(winding_numbers_exact(cube.vertices, cube.faces[:, ::-1], [[0.1, 0.2, 0.3]]), [-1.0], atol=1e-6)
+    np.testing.assert_allclose(
+        winding_numbers_exact(cube.vertices, cube.faces[:, ::-1], [[0.1, 0.2, 0.3]]), [-1.0], atol=1e-6
+    )
     # a single triangle (0,0,0), (1,0,0), (0,1,0) seen from (0,0,1): its solid angle is the area of
     # the spherical triangle of the directions to its corners, by Girard's theorem the angle excess
     directions = np.array([[1.0, 0, -1], [0, 1.0, -1], [0, 0, -1.0]])

@@ -14,20 +14,53 @@ import pytest
 import trimesh
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--points-per-epoch", "24000", "--batch-size", "2000", "--hidden-features", "48", "--num-layers", "3",
-         "--heldout-points", "20000", "--mesh-resolution", "40"]
+SMALL = [
+    "--points-per-epoch",
+    "24000",
+    "--batch-size",
+    "2000",
+    "--hidden-features",
+    "48",
+    "--num-layers",
+    "3",
+    "--heldout-points",
+    "20000",
+    "--mesh-resolution",
+    "40",
+]
 
 
 def occupancy_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / "standalone" / "occupancy.py"), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "standalone" / "occupancy.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=900,
+    )
 
 
 def test_sphere_run_writes_mesh_preview_and_improves_iou(tmp_path):
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     sphere.export(tmp_path / "sphere.obj")
-    result = occupancy_cli(*SMALL, "--mesh", "sphere.obj", "--epochs", "6", "--optimizer", "adam", "--lr", "3e-3",
-                           "--sigma", "0.3", "--output-dir", "out", cwd=tmp_path)
+    result = occupancy_cli(
+        *SMALL,
+        "--mesh",
+        "sphere.obj",
+        "--epochs",
+        "6",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--sigma",
+        "0.3",
+        "--output-dir",
+        "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "out").iterdir()
     with (run_dir / "metrics.csv").open() as handle:
@@ -65,7 +98,9 @@ def test_open_mesh_warns_and_uses_winding_numbers(tmp_path):
     sphere = trimesh.creation.icosphere(subdivisions=2)
     sphere.update_faces(list(range(len(sphere.faces) - 3)))  # punch a hole
     sphere.export(tmp_path / "open.obj")
-    result = occupancy_cli(*SMALL, "--mesh", "open.obj", "--epochs", "1", "--optimizer", "adam", "--output-dir", "out", cwd=tmp_path)
+    result = occupancy_cli(
+        *SMALL, "--mesh", "open.obj", "--epochs", "1", "--optimizer", "adam", "--output-dir", "out", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "warning" in result.stderr.lower() and "watertight" in result.stderr
     (run_dir,) = (tmp_path / "out").iterdir()
@@ -74,8 +109,22 @@ def test_open_mesh_warns_and_uses_winding_numbers(tmp_path):
 
 @pytest.mark.shared_data
 def test_armadillo_trains(shared_data, tmp_path):
-    result = occupancy_cli(*SMALL, "--mesh", str(shared_data / "meshes" / "armadillo.off"), "--epochs", "3",
-                           "--optimizer", "adam", "--lr", "3e-3", "--sigma", "0.3", "--output-dir", "out", cwd=tmp_path)
+    result = occupancy_cli(
+        *SMALL,
+        "--mesh",
+        str(shared_data / "meshes" / "armadillo.off"),
+        "--epochs",
+        "3",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--sigma",
+        "0.3",
+        "--output-dir",
+        "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "out").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())

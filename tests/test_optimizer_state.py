@@ -29,8 +29,16 @@ RESUME_AT = 17
 # Resuming at step 17 crosses HVP and non-HVP steps. Had the fresh schedule survived the load,
 # every step from 17 to 39 would be an HVP step.
 RESUME_CASES = {
-    "esgd-ema": (ESGD, dict(lr=0.01, variant="ema", update_d_every=7, d_warmup=3), dict(update_d_every=50, d_warmup=40)),
-    "esgd-max": (ESGD, dict(lr=0.01, variant="max", update_d_every=7, d_warmup=3), dict(update_d_every=1, d_warmup=100)),
+    "esgd-ema": (
+        ESGD,
+        dict(lr=0.01, variant="ema", update_d_every=7, d_warmup=3),
+        dict(update_d_every=50, d_warmup=40),
+    ),
+    "esgd-max": (
+        ESGD,
+        dict(lr=0.01, variant="max", update_d_every=7, d_warmup=3),
+        dict(update_d_every=1, d_warmup=100),
+    ),
     "adahessian-E": (
         AdaHessian,
         dict(lr=0.01, estimator="equilibration", update_d_every=3, d_warmup=2),

@@ -181,7 +181,15 @@ CONFIGS = {
     "esgd-ema-paper-7/3": ("esgd", dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3)),
     "esgd-ema-hvp-7/3-wd": (
         "esgd",
-        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, bias_correction="hvp", weight_decay=0.01),
+        dict(
+            lr=0.05,
+            betas=(0.9, 0.999),
+            eps=1e-4,
+            update_d_every=7,
+            d_warmup=3,
+            bias_correction="hvp",
+            weight_decay=0.01,
+        ),
     ),
     "esgd-ema-paper-default-schedule": ("esgd", dict(lr=0.15, betas=(0.9, 0.999), eps=1e-4)),
     "esgd-ema-hvp-default-schedule-wd": (
@@ -215,8 +223,16 @@ CONFIGS = {
     ),
     "adah-J-p0.5-7/3-wd": (
         "adahessian",
-        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, weight_decay=0.01,
-             estimator="jacobi", hessian_power=0.5),
+        dict(
+            lr=0.05,
+            betas=(0.9, 0.999),
+            eps=1e-4,
+            update_d_every=7,
+            d_warmup=3,
+            weight_decay=0.01,
+            estimator="jacobi",
+            hessian_power=0.5,
+        ),
     ),
     "adah-E-p0.5-betas-eps-4/10": (
         "adahessian",
@@ -228,7 +244,9 @@ CONFIGS = {
     ),
     "adah-J-p0-7/3": (
         "adahessian",
-        dict(lr=0.01, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, estimator="jacobi", hessian_power=0.0),
+        dict(
+            lr=0.01, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, estimator="jacobi", hessian_power=0.0
+        ),
     ),
 }
 
@@ -312,7 +330,9 @@ COMMON_BAD = [
 
 
 @pytest.mark.parametrize("cls", [ESGD, AdaHessian])
-@pytest.mark.parametrize("kwargs, option", COMMON_BAD, ids=[f"{list(k)[0]}={list(k.values())[0]}" for k, _ in COMMON_BAD])
+@pytest.mark.parametrize(
+    "kwargs, option", COMMON_BAD, ids=[f"{list(k)[0]}={list(k.values())[0]}" for k, _ in COMMON_BAD]
+)
 def test_invalid_common_hyperparameters(cls, kwargs, option):
     with pytest.raises(ValueError, match=re.escape(option)):
         cls(make_params(), **kwargs)
@@ -615,8 +635,14 @@ DENSE_THETA0 = [1.0, -0.5, 0.25, 2.0, -1.5]
 
 @pytest.mark.parametrize(
     "config_id",
-    ["esgd-ema-paper-7/3", "esgd-ema-hvp-7/3-wd", "esgd-max-7/3-wd", "adah-E-p1-7/3-wd", "adah-J-p0.5-7/3-wd",
-     "adah-J-p1-betas-eps-4/10-wd"],
+    [
+        "esgd-ema-paper-7/3",
+        "esgd-ema-hvp-7/3-wd",
+        "esgd-max-7/3-wd",
+        "adah-E-p1-7/3-wd",
+        "adah-J-p0.5-7/3-wd",
+        "adah-J-p1-betas-eps-4/10-wd",
+    ],
 )
 def test_dense_quadratic_matches_recurrence_with_recorded_probes(config_id, monkeypatch):
     family, hp = CONFIGS[config_id]

@@ -19,11 +19,17 @@ def _flush_state_after(code: str) -> str:
 
 
 def test_importing_the_library_leaves_subnormals_alone():
-    assert _flush_state_after("import nf_precond_plugin.optim, nf_precond_plugin.curvature, nf_precond_plugin.fields") == "kept"
+    assert (
+        _flush_state_after("import nf_precond_plugin.optim, nf_precond_plugin.curvature, nf_precond_plugin.fields")
+        == "kept"
+    )
 
 
 def test_entry_point_configuration_flushes_subnormals():
-    assert _flush_state_after("from nf_precond_plugin.runtime import configure_entry_point; configure_entry_point()") == "flushed"
+    assert (
+        _flush_state_after("from nf_precond_plugin.runtime import configure_entry_point; configure_entry_point()")
+        == "flushed"
+    )
 
 
 def _textbook_gaussian(z: torch.Tensor, sigma: float) -> torch.Tensor:

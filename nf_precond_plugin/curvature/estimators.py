@@ -9,7 +9,8 @@ preconditioner must average the *signed* z before taking any magnitude.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 

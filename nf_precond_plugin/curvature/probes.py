@@ -10,13 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
-
 _BITS_PER_WORD = 31  # randint(0, 2**31) yields 31 independent fair bits per draw
 
 
-def rademacher_like(
-    tensors: Sequence[torch.Tensor], generator: torch.Generator | None = None
-) -> list[torch.Tensor]:
+def rademacher_like(tensors: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """One Rademacher tensor per input, with the same shape, dtype and device.
 
     Draws from the global torch RNG of each tensor's device, or from ``generator``. Each random

@@ -290,7 +290,11 @@ def sample_surface(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) 
     outside = u.sum(axis=1) > 1
     u[outside] = 1 - u[outside]  # fold the unit square onto the triangle: uniform barycentrics
     triangles = np.asarray(mesh.triangles)[face]
-    return triangles[:, 0] + u[:, :1] * (triangles[:, 1] - triangles[:, 0]) + u[:, 1:] * (triangles[:, 2] - triangles[:, 0])
+    return (
+        triangles[:, 0]
+        + u[:, :1] * (triangles[:, 1] - triangles[:, 0])
+        + u[:, 1:] * (triangles[:, 2] - triangles[:, 0])
+    )
 
 
 def sample_occupancy_points(
@@ -404,7 +408,9 @@ def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = 512, title: st
     if len(mesh.faces) == 0:
         axes = figure.add_axes((0.0, 0.0, 1.0, top))
         axes.set_axis_off()
-        axes.text(0.5, 0.5, "empty mesh", ha="center", va="center", fontsize=max(8, size // 20), transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, "empty mesh", ha="center", va="center", fontsize=max(8, size // 20), transform=axes.transAxes
+        )
     else:
         pixels = size if trimesh.ray.has_embree else min(size, 160)  # trimesh's own rays are slow
         for column, eye in enumerate(((0.5, 0.35, 1.0), (-0.5, 0.35, -1.0))):

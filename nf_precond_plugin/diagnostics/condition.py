@@ -221,7 +221,9 @@ def make_problem(samples: int, dtype: torch.dtype = torch.float64) -> tuple[torc
 def make_field(sigma: float, seed: int, hidden_features: int = 16, num_layers: int = 3) -> CoordinateMLP:
     """The paper's 2×16 Gaussian MLP (``num_layers`` counts linear layers), in float64."""
     torch.manual_seed(seed)
-    model = CoordinateMLP(1, 1, hidden_features=hidden_features, num_layers=num_layers, activation="gaussian", sigma=sigma)
+    model = CoordinateMLP(
+        1, 1, hidden_features=hidden_features, num_layers=num_layers, activation="gaussian", sigma=sigma
+    )
     return model.double()
 
 
@@ -229,7 +231,9 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
-def mse_loss_function(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def mse_loss_function(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """L(θ) = mean((F(x; θ) − y)²) as a pure function of the flattened parameter vector θ."""
     names = [name for name, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -345,7 +349,9 @@ def _plot(result: dict, path: Path) -> None:
 
     ax = axes[0]
     for m in ("H", "E", "J"):
-        ax.plot([float("nan") if v is None else v for v in runs["none"]["kappa"][m][r]], color=colors[m], label=labels[m])
+        ax.plot(
+            [float("nan") if v is None else v for v in runs["none"]["kappa"][m][r]], color=colors[m], label=labels[m]
+        )
     ax.set_yscale("log")
     ax.set_xlabel("GD step (plain GD trajectory)")
     ax.set_ylabel(rf"$\kappa_{{{r}}} = |\lambda|_{{(1)}} / |\lambda|_{{({r})}}$")
@@ -355,8 +361,17 @@ def _plot(result: dict, path: Path) -> None:
     ax = axes[1]
     for kind, m in (("equilibration", "E"), ("jacobi", "J")):
         run = runs[kind]
-        ax.plot([float("nan") if v is None else v for v in run["kappa"]["H"][r]], color=colors[m], ls=":", label=f"{kind} run: H (before)")
-        ax.plot([float("nan") if v is None else v for v in run["kappa"][m][r]], color=colors[m], label=f"{kind} run: preconditioned (after)")
+        ax.plot(
+            [float("nan") if v is None else v for v in run["kappa"]["H"][r]],
+            color=colors[m],
+            ls=":",
+            label=f"{kind} run: H (before)",
+        )
+        ax.plot(
+            [float("nan") if v is None else v for v in run["kappa"][m][r]],
+            color=colors[m],
+            label=f"{kind} run: preconditioned (after)",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("GD step (each preconditioned run's own trajectory)")
     ax.set_ylabel(rf"$\kappa_{{{r}}}$")
@@ -370,7 +385,9 @@ def _plot(result: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("GD step")
     ax.set_ylabel("MSE loss")
-    ax.set_title(rf"(c) GD, $\theta \leftarrow \theta - \eta D^{{-1}} \nabla L$, $\eta = {result['step_scale']:g}/\lambda_{{max}}$ at init")
+    ax.set_title(
+        rf"(c) GD, $\theta \leftarrow \theta - \eta D^{{-1}} \nabla L$, $\eta = {result['step_scale']:g}/\lambda_{{max}}$ at init"
+    )
     ax.legend()
 
     fig.suptitle(

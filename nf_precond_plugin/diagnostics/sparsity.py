@@ -107,7 +107,9 @@ def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:
             batch = torch.randint(0, coords.shape[0], (config.batch_size,), generator=generator)
             loss = (model(coords[batch]) - colors[batch]).square().mean()
             if step % config.measure_every == 0 or step == config.steps:
-                history.append({"step": step, "loss": loss.item(), **measure_sparsity(model, loss, config.tolerance, generator)})
+                history.append(
+                    {"step": step, "loss": loss.item(), **measure_sparsity(model, loss, config.tolerance, generator)}
+                )
                 bar.update(task, description=f"sparsity ({config.activation}) {history[-1]['overall']:.3f}")
             if step == config.steps:
                 break
@@ -124,8 +126,7 @@ def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:
         "sparsity": per_layer.pop("overall"),
         "per_layer": per_layer,
         "tolerance": config.tolerance,
-        "definition": "fraction of Hv entries with |Hv_i| <= tolerance * max|Hv|, Rademacher v, "
-        "mean over measurements",
+        "definition": "fraction of Hv entries with |Hv_i| <= tolerance * max|Hv|, Rademacher v, mean over measurements",
         "image": source,
         "history": history,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},

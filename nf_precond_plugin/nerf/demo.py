@@ -7,14 +7,13 @@ so the demo also shows the commands to reuse on their own data.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +29,7 @@ class NerfDemoConfig:
 
     method: str = "gaussian-esgd-cpu"
     """An ns-train method registered by this plugin (gaussian-esgd-cpu, gaussian-adam-cpu, gaussian-esgd, ...)."""
-    data: Optional[Path] = None
+    data: Path | None = None
     """An LLFF scene; default: the embedded demo scene, generated on first use."""
     iterations: int = 1000
     """Training iterations."""
@@ -49,7 +48,7 @@ def _tool(name: str) -> str:
     return found
 
 
-def _run(command: List[str]) -> None:
+def _run(command: list[str]) -> None:
     _console.print(f"[bold]$ {' '.join(command)}", highlight=False)
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:

@@ -47,9 +47,9 @@ import os
 import shutil
 import uuid
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -266,9 +266,7 @@ def _write_npz_deterministically(path: Path, arrays: dict[str, np.ndarray]) -> N
             archive.writestr(info, buffer.getvalue())
 
 
-def _write_scene(
-    target: Path, *, num_views: int, width: int, height: int, factor: int, seed: int
-) -> None:
+def _write_scene(target: Path, *, num_views: int, width: int, height: int, factor: int, seed: int) -> None:
     """Render and write every file of the scene into the (existing, empty) directory ``target``."""
     focal = FOCAL_PER_WIDTH * width
     rectangles = _scene_rectangles(focal)
@@ -335,7 +333,7 @@ def is_complete_scene(path: Path) -> bool:
     return (path / "poses_bounds.npy").is_file()
 
 
-def ensure_demo_scene(path: Optional[Path] = None) -> Path:
+def ensure_demo_scene(path: Path | None = None) -> Path:
     """Return ``path`` (default: :func:`demo_scene_dir`), generating the demo scene there if missing.
 
     Safe against a concurrent generator: if another process renames its scene into place first,
@@ -356,7 +354,7 @@ def ensure_demo_scene(path: Optional[Path] = None) -> Path:
         raise
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """``python -m nf_precond_plugin.nerf.demo_scene OUT_DIR``: write the demo scene to OUT_DIR."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to create (must not exist, or be empty)")

@@ -10,8 +10,6 @@ it (tiny-cuda-nn networks have none).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import torch
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.data.scene_box import SceneBox
@@ -53,15 +51,15 @@ class GaussianRadianceField(Field):
     def normalized_positions(self, positions: Tensor) -> Tensor:
         return SceneBox.get_normalized_positions(positions, self.aabb) * 2.0 - 1.0
 
-    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+    def get_density(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor]:
         positions = self.normalized_positions(ray_samples.frustums.get_positions())
         raw = self.position_mlp(positions)
         density = self.density_activation(raw[..., :1])
         return density, raw[..., 1:]
 
     def get_outputs(
-        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
-    ) -> Dict[FieldHeadNames, Tensor]:
+        self, ray_samples: RaySamples, density_embedding: Tensor | None = None
+    ) -> dict[FieldHeadNames, Tensor]:
         assert density_embedding is not None
         directions = ray_samples.frustums.directions
         rgb = torch.sigmoid(self.color_mlp(torch.cat([density_embedding, directions], dim=-1)))

@@ -38,11 +38,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
-
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
@@ -73,12 +71,12 @@ INTRINSICS_ASPECT_TOLERANCE = 0.01
 class LLFFDataParserConfig(DataParserConfig):
     """LLFF forward-facing scene (poses_bounds.npy + images_{k}/); defaults to the embedded demo scene."""
 
-    _target: Type = field(default_factory=lambda: LLFFDataParser)
+    _target: type = field(default_factory=lambda: LLFFDataParser)
     """target class to instantiate"""
     data: Path = field(default_factory=demo_scene_dir)
     """Scene directory with poses_bounds.npy and images_{k}/. The default, the embedded demo
     scene ($NF_PRECOND_CACHE or ~/.cache/nf-precond, then demo-llff-v1), is generated if missing."""
-    downscale_factor: Optional[int] = None
+    downscale_factor: int | None = None
     """Use images_{k} for this k (1: images/). None: images_8, else images_4, else what exists."""
     holdout_every: int = 8
     """Every holdout_every-th view (index % holdout_every == 0) is the val/test split."""
@@ -90,7 +88,7 @@ class LLFFScene:
 
     camera_to_worlds: np.ndarray  # (N, 3, 4) OpenGL, recentred and scaled
     bounds: np.ndarray  # (N, 2) scaled (near, far) depths
-    image_filenames: List[Path]
+    image_filenames: list[Path]
     width: int
     height: int
     focal: float  # pixels, at the stored image resolution
@@ -128,7 +126,7 @@ def _load_poses_bounds(data: Path) -> np.ndarray:
     return array
 
 
-def _image_folder(data: Path, downscale_factor: Optional[int]) -> Path:
+def _image_folder(data: Path, downscale_factor: int | None) -> Path:
     """images_{k} (images/ for k = 1) for an explicit factor, else the preferred existing one."""
     if downscale_factor is not None:
         if downscale_factor < 1:
@@ -153,11 +151,11 @@ def _image_folder(data: Path, downscale_factor: Optional[int]) -> Path:
     raise _fail(data, "no images_8/, images_4/, images_{k}/ or images/ folder")
 
 
-def _list_images(folder: Path) -> List[Path]:
+def _list_images(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _image_size(data: Path, path: Path, decode: bool) -> Tuple[int, int]:
+def _image_size(data: Path, path: Path, decode: bool) -> tuple[int, int]:
     """(width, height) from the header; ``decode`` also decodes the pixels to catch corrupt files."""
     from PIL import Image
 
@@ -170,7 +168,7 @@ def _image_size(data: Path, path: Path, decode: bool) -> Tuple[int, int]:
         raise _fail(data, f"image {path.name} is not readable ({type(error).__name__}: {error})") from None
 
 
-def _check_images(data: Path, folder: Path, filenames: List[Path], num_poses: int) -> Tuple[int, int]:
+def _check_images(data: Path, folder: Path, filenames: list[Path], num_poses: int) -> tuple[int, int]:
     """The common (width, height) of all images, after checking their count and sizes."""
     if len(filenames) != num_poses:
         raise _fail(data, f"{folder.name}/ has {len(filenames)} images but poses_bounds.npy has {num_poses} poses")
@@ -207,7 +205,7 @@ def llff_to_opengl(llff_poses: np.ndarray) -> np.ndarray:
     return np.stack([llff_poses[..., 1], -llff_poses[..., 0], llff_poses[..., 2], llff_poses[..., 3]], axis=-1)
 
 
-def load_llff_scene(data: Path, downscale_factor: Optional[int] = None) -> LLFFScene:
+def load_llff_scene(data: Path, downscale_factor: int | None = None) -> LLFFScene:
     """Validate and parse an LLFF scene: every view, recentred and scaled (steps 1–4 of the module doc)."""
     data = Path(data)
     if not data.is_dir():
@@ -250,7 +248,7 @@ def load_llff_scene(data: Path, downscale_factor: Optional[int] = None) -> LLFFS
 
 
 def frustum_box(
-    camera_to_worlds: np.ndarray, width: int, height: int, focal: float, depths: Tuple[float, ...]
+    camera_to_worlds: np.ndarray, width: int, height: int, focal: float, depths: tuple[float, ...]
 ) -> np.ndarray:
     """(2, 3) [min, max] over the camera centres and the image corners' rays at the given depths."""
     corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], dtype=np.float64)
@@ -290,7 +288,7 @@ class LLFFDataParser(DataParser):
             CONSOLE.print(f"Generated the embedded LLFF demo scene at {data}")
         return data
 
-    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: Optional[Dict]) -> DataparserOutputs:
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: dict | None) -> DataparserOutputs:
         if self.config.holdout_every < 2:
             raise UserInputError(f"holdout_every: expected an integer ≥ 2, got {self.config.holdout_every}")
         data = self._resolve_data()

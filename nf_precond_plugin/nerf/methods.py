@@ -8,7 +8,7 @@ CPU cores takes minutes, and default to ``--machine.device-type cpu``.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
@@ -32,14 +32,14 @@ ESGD_LR = 0.2
 ADAHESSIAN_LR = 0.2
 PAPER_ITERATIONS = 200_000
 
-PAPER_SCALE: Dict[str, Any] = dict(
+PAPER_SCALE: dict[str, Any] = dict(
     model=dict(num_layers=8, hidden_dim=256, geo_feat_dim=256, hidden_dim_color=128, num_coarse_samples=128),
     rays=2048,
     iterations=PAPER_ITERATIONS,
     steps_per_eval_image=1000,
     steps_per_save=2000,
 )
-CPU_SCALE: Dict[str, Any] = dict(
+CPU_SCALE: dict[str, Any] = dict(
     model=dict(num_layers=4, hidden_dim=128, geo_feat_dim=64, hidden_dim_color=64, num_coarse_samples=48),
     rays=512,
     iterations=3000,
@@ -49,7 +49,7 @@ CPU_SCALE: Dict[str, Any] = dict(
 )
 
 
-def trainer_config(method_name: str, optimizer: OptimizerConfig, scale: Dict[str, Any]) -> CurvatureTrainerConfig:
+def trainer_config(method_name: str, optimizer: OptimizerConfig, scale: dict[str, Any]) -> CurvatureTrainerConfig:
     return CurvatureTrainerConfig(
         method_name=method_name,
         max_num_iterations=scale["iterations"],

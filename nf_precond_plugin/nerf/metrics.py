@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-_lpips_cache: Dict[str, torch.nn.Module] = {}
+_lpips_cache: dict[str, torch.nn.Module] = {}
 _warned_missing = False
 
 
@@ -27,7 +26,7 @@ def alexnet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
+def lpips_metric(device: torch.device) -> torch.nn.Module | None:
     """The LPIPS module on ``device``, or None (one warning per process) when its weights are not on disk."""
     global _warned_missing
     key = str(device)
@@ -51,7 +50,7 @@ def lpips_metric(device: torch.device) -> Optional[torch.nn.Module]:
     return metric
 
 
-def image_metrics(prediction: Tensor, target: Tensor) -> Dict[str, Optional[float]]:
+def image_metrics(prediction: Tensor, target: Tensor) -> dict[str, float | None]:
     """PSNR, SSIM and LPIPS (or None) of two [H, W, 3] images in [0, 1]."""
     pred = prediction.clamp(0.0, 1.0).permute(2, 0, 1)[None]
     gt = target.permute(2, 0, 1)[None]

@@ -11,7 +11,7 @@ network carries the curvature estimate. Colour, depth and opacity follow the usu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Literal
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -67,7 +67,7 @@ class DepthBoundsCollider(SceneCollider):
 class GaussianNeRFModelConfig(ModelConfig):
     """A GARF-style NeRF: Gaussian activations on raw coordinates, no positional encoding."""
 
-    _target: Type = field(default_factory=lambda: GaussianNeRFModel)
+    _target: type = field(default_factory=lambda: GaussianNeRFModel)
     num_layers: int = 8
     """Hidden Gaussian layers of the position MLP (the paper: 8)."""
     hidden_dim: int = 256
@@ -84,16 +84,16 @@ class GaussianNeRFModelConfig(ModelConfig):
     """Samples per ray, stratified in disparity."""
     num_importance_samples: int = 0
     """Extra samples per ray drawn from the first pass's weights (0: no PDF pass)."""
-    near_plane: Optional[float] = None
+    near_plane: float | None = None
     """Near bound; None takes the dataparser's (llff-data) or clips rays to the scene box."""
-    far_plane: Optional[float] = None
+    far_plane: float | None = None
     """Far bound; None takes the dataparser's (llff-data) or clips rays to the scene box."""
     background_color: Literal["random", "last_sample", "black", "white"] = "last_sample"
     """Colour behind the last sample ('last_sample' suits forward-facing scenes, 'white' Blender)."""
     enable_collider: bool = True
-    collider_params: Optional[Dict[str, float]] = None
+    collider_params: dict[str, float] | None = None
     """Unused: near/far come from ``near_plane``/``far_plane`` or the dataparser."""
-    loss_coefficients: Dict[str, float] = to_immutable_dict({"rgb_loss_coarse": 1.0, "rgb_loss": 1.0})
+    loss_coefficients: dict[str, float] = to_immutable_dict({"rgb_loss_coarse": 1.0, "rgb_loss": 1.0})
     eval_num_rays_per_chunk: int = 2048
 
 
@@ -127,7 +127,7 @@ class GaussianNeRFModel(Model):
         self.renderer_depth = DepthRenderer(method="expected")
         self.rgb_loss = MSELoss()
 
-    def _near_far(self) -> Optional[Tuple[float, float]]:
+    def _near_far(self) -> tuple[float, float] | None:
         metadata = self.kwargs.get("metadata") or {}
         near = self.config.near_plane if self.config.near_plane is not None else metadata.get("near")
         far = self.config.far_plane if self.config.far_plane is not None else metadata.get("far")
@@ -137,10 +137,10 @@ class GaussianNeRFModel(Model):
             raise ValueError(f"invalid near/far planes ({near}, {far}): expected 0 < near < far")
         return float(near), float(far)
 
-    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
         return {"fields": list(self.field.parameters())}
 
-    def _render(self, ray_samples: RaySamples) -> Tuple[Dict[str, Tensor], Tensor]:
+    def _render(self, ray_samples: RaySamples) -> tuple[dict[str, Tensor], Tensor]:
         field_outputs = self.field(ray_samples)
         weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
         outputs = {
@@ -150,7 +150,7 @@ class GaussianNeRFModel(Model):
         }
         return outputs, weights
 
-    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
         ray_samples = self.sampler_disparity(ray_bundle)
         outputs, weights = self._render(ray_samples)
         if self.sampler_pdf is None:
@@ -161,7 +161,7 @@ class GaussianNeRFModel(Model):
         fine_outputs.update({f"{key}_coarse": value for key, value in outputs.items()})
         return fine_outputs
 
-    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:
         image = batch["image"].to(self.device)
         pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
             pred_image=outputs["rgb"], pred_accumulation=outputs["accumulation"], gt_image=image
@@ -169,7 +169,7 @@ class GaussianNeRFModel(Model):
         mse = torch.mean((pred.detach() - gt) ** 2)
         return {"psnr": -10.0 * torch.log10(mse)}
 
-    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
         image = batch["image"].to(self.device)
         loss_dict = {}
         for suffix in ("", "_coarse"):
@@ -182,8 +182,8 @@ class GaussianNeRFModel(Model):
         return misc.scale_dict(loss_dict, self.config.loss_coefficients)
 
     def get_image_metrics_and_images(
-        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
-    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
         image = self.renderer_rgb.blend_background(batch["image"].to(outputs["rgb"].device))
         rgb = outputs["rgb"]
         metrics = {key: value for key, value in image_metrics(rgb, image).items() if value is not None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple, Type
+from typing import Literal
 
 from nerfstudio.engine.optimizers import OptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
@@ -28,7 +28,7 @@ class CurvatureOptimizerConfig(OptimizerConfig):
     """Learning rate."""
     eps: float = 1e-4
     """Added to the preconditioner's square root before dividing."""
-    betas: Tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)
     """Momentum and curvature-EMA coefficients."""
     weight_decay: float = 0.0
     """L2 penalty added to the gradient."""
@@ -42,7 +42,7 @@ class CurvatureOptimizerConfig(OptimizerConfig):
 class ESGDOptimizerConfig(CurvatureOptimizerConfig):
     """ESGD: EMA (or decayed max) of (Hv)², a Hessian-vector product on the first ``d_warmup`` steps, then every ``update_d_every``."""
 
-    _target: Type = ESGD
+    _target: type = ESGD
     update_d_every: int = 100
     d_warmup: int = 50
     variant: Literal["ema", "max"] = "ema"
@@ -55,7 +55,7 @@ class ESGDOptimizerConfig(CurvatureOptimizerConfig):
 class AdaHessianOptimizerConfig(CurvatureOptimizerConfig):
     """AdaHessian: Adam with the squared-gradient EMA replaced by an EMA of a Hessian-diagonal estimate."""
 
-    _target: Type = AdaHessian
+    _target: type = AdaHessian
     estimator: Literal["equilibration", "jacobi"] = "equilibration"
     """Curvature sample: (Hv)² (AdaHessian(E)) or v ⊙ Hv (AdaHessian(J), the original)."""
     hessian_power: float = 1.0
@@ -70,10 +70,10 @@ class DecayToFractionSchedulerConfig(ExponentialDecaySchedulerConfig):
     and ``max_steps`` = None follows ``--max-num-iterations`` (the trainer fills it in).
     """
 
-    _target: Type = field(default_factory=lambda: DecayToFractionScheduler)
+    _target: type = field(default_factory=lambda: DecayToFractionScheduler)
     final_fraction: float = 0.1
     """lr at ``max_steps`` ÷ the optimizer's lr."""
-    max_steps: Optional[int] = None  # type: ignore[assignment]
+    max_steps: int | None = None  # type: ignore[assignment]
     """Steps of the decay; None: the run's --max-num-iterations."""
 
 

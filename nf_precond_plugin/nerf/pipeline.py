@@ -8,14 +8,13 @@ than silently lacking the key. (The trainer's own all-image evaluation just lack
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 
 
 @dataclass
 class CurvaturePipelineConfig(VanillaPipelineConfig):
-    _target: Type = field(default_factory=lambda: CurvaturePipeline)
+    _target: type = field(default_factory=lambda: CurvaturePipeline)
 
 
 class CurvaturePipeline(VanillaPipeline):

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Type
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +30,10 @@ from nf_precond_plugin.runtime import configure_entry_point
 
 @dataclass
 class CurvatureTrainerConfig(TrainerConfig):
-    _target: Type = field(default_factory=lambda: CurvatureTrainer)
+    _target: type = field(default_factory=lambda: CurvatureTrainer)
 
 
-def curvature_groups(config: TrainerConfig) -> List[str]:
+def curvature_groups(config: TrainerConfig) -> list[str]:
     """Parameter groups whose optimizer takes Hessian-vector products."""
     return [
         name
@@ -107,10 +107,10 @@ class CurvatureTrainer(Trainer):
             if isinstance(scheduler, DecayToFractionSchedulerConfig) and scheduler.max_steps is None:
                 scheduler.max_steps = config.max_num_iterations
         super().__init__(config, local_rank, world_size)
-        self.history: List[Dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
         # Losses stay on the device until a checkpoint writes them: float() every step would
         # synchronise a GPU on every iteration.
-        self._pending_losses: List[torch.Tensor] = []
+        self._pending_losses: list[torch.Tensor] = []
         self._train_seconds = 0.0
 
     def setup(self, test_mode="val") -> None:
@@ -120,7 +120,7 @@ class CurvatureTrainer(Trainer):
         except UserInputError as error:
             raise SystemExit(f"error: {error}") from None
 
-    def _curvature_optimizers(self) -> List[CurvatureOptimizer]:
+    def _curvature_optimizers(self) -> list[CurvatureOptimizer]:
         return [opt for opt in self.optimizers.optimizers.values() if isinstance(opt, CurvatureOptimizer)]
 
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
@@ -171,7 +171,7 @@ class CurvatureTrainer(Trainer):
         """nerfstudio's checkpoint, written to a temporary file and renamed, so a crash never leaves half a file."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        state: Dict[str, object] = {
+        state: dict[str, object] = {
             "step": int(step),
             "pipeline": getattr(self.pipeline, "module", self.pipeline).state_dict(),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},

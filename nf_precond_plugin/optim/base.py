@@ -125,9 +125,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         with torch.enable_grad():
             products = hvp(all_grads, all_params, probes)
         estimator_of = {p: ESTIMATORS[group["estimator"]] for group, params, due in groups if due for p in params}
-        return {
-            p: estimator_of[p](v, h) for p, v, h in zip(all_params, probes, products) if p in estimator_of
-        }
+        return {p: estimator_of[p](v, h) for p, v, h in zip(all_params, probes, products) if p in estimator_of}
 
     def _moment_state(
         self, params: list[torch.Tensor], curvature_step: bool

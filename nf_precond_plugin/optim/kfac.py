@@ -70,9 +70,7 @@ def _require_nngeometry():
         from nngeometry.object import PMatKFAC
         from nngeometry.object.vector import PVector
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the 'kfac' optimizer needs NNGeometry: pip install 'nngeometry==0.4'"
-        ) from error
+        raise ImportError("the 'kfac' optimizer needs NNGeometry: pip install 'nngeometry==0.4'") from error
     return LayerCollection, FIM, PMatKFAC, PVector
 
 
@@ -154,9 +152,7 @@ class KFACAdam(torch.optim.Adam):
         _, FIM, PMatKFAC, _ = _require_nngeometry()
         inputs = self._captured[0][0]
         if not (isinstance(inputs, torch.Tensor) and inputs.is_floating_point()):
-            raise RuntimeError(
-                "KFACAdam: the model's first positional argument must be a floating-point batch tensor"
-            )
+            raise RuntimeError("KFACAdam: the model's first positional argument must be a floating-point batch tensor")
         self._refreshing = True
         try:
             with torch.enable_grad():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -35,7 +36,9 @@ def config_defaults(config_type: type[ConfigT], argv: list[str]) -> tuple[Config
     fields = {f.name: f for f in dataclasses.fields(config_type)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise UserInputError(f"--config {path}: unknown option(s) {', '.join(unknown)}; expected some of {', '.join(fields)}")
+        raise UserInputError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)}; expected some of {', '.join(fields)}"
+        )
     for name, value in values.items():
         if value is not None and "Path" in str(fields[name].type):
             values[name] = Path(value)
@@ -46,7 +49,9 @@ def split_names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in allowed]
     if not names or unknown:
-        raise UserInputError(f"{option}: unknown {', '.join(unknown) or '(empty)'}; expected a comma-separated subset of {', '.join(allowed)}")
+        raise UserInputError(
+            f"{option}: unknown {', '.join(unknown) or '(empty)'}; expected a comma-separated subset of {', '.join(allowed)}"
+        )
     if len(set(names)) != len(names):
         raise UserInputError(f"{option}: each optimizer may appear once, got {text}")
     return names
@@ -73,7 +78,9 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
     return 0
 
 
-def standalone_main(config_type: type, task_factory: Callable[[Any], Any], prog: str, argv: list[str]) -> dict[str, Any]:
+def standalone_main(
+    config_type: type, task_factory: Callable[[Any], Any], prog: str, argv: list[str]
+) -> dict[str, Any]:
     """Parse (YAML defaults, then flags), build the task and run it with every requested optimizer."""
     import tyro
     from rich.console import Console
@@ -91,21 +98,41 @@ def standalone_main(config_type: type, task_factory: Callable[[Any], Any], prog:
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
     task = task_factory(config)
     settings = RunSettings(
-        optimizers=names, learning_rates=rates, epochs=config.epochs, batch_size=config.batch_size,
-        eval_every=config.eval_every, seed=config.seed, output_dir=config.output_dir, resume=config.resume,
+        optimizers=names,
+        learning_rates=rates,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        eval_every=config.eval_every,
+        seed=config.seed,
+        output_dir=config.output_dir,
+        resume=config.resume,
         config=dataclasses.asdict(config),
     )
     summary = run_task(task, settings)
 
     console = Console(stderr=True)
     table = Table(title=f"{task.name}: {task.describe().get('source', '')}")
-    for column in ("optimizer", "lr", f"final {task.metric}", f"best {task.metric}", "epochs", "s/step", "optimizer s/step"):
+    for column in (
+        "optimizer",
+        "lr",
+        f"final {task.metric}",
+        f"best {task.metric}",
+        "epochs",
+        "s/step",
+        "optimizer s/step",
+    ):
         table.add_column(column, justify="right")
     for name, result in summary["optimizers"].items():
         final = result["final"].get(task.metric)
-        table.add_row(name, f"{result['lr']:g}", f"{final:.3f}" if final is not None else "-",
-                      f"{result['best']:.3f}" if result["best"] is not None else "-", str(summary["epochs"]),
-                      f"{result['seconds_per_step'] * 1e3:.2f} ms", f"{result['optimizer_step_seconds'] / max(result['steps'], 1) * 1e3:.2f} ms")
+        table.add_row(
+            name,
+            f"{result['lr']:g}",
+            f"{final:.3f}" if final is not None else "-",
+            f"{result['best']:.3f}" if result["best"] is not None else "-",
+            str(summary["epochs"]),
+            f"{result['seconds_per_step'] * 1e3:.2f} ms",
+            f"{result['optimizer_step_seconds'] / max(result['steps'], 1) * 1e3:.2f} ms",
+        )
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}")
     return summary

@@ -43,6 +43,11 @@ class FitConfig:
 
 def build_field(config: FitConfig, in_features: int, out_features: int) -> CoordinateMLP:
     return CoordinateMLP(
-        in_features, out_features, config.hidden_features, config.num_layers, config.activation,
-        sigma=config.sigma, omega=config.omega,
+        in_features,
+        out_features,
+        config.hidden_features,
+        config.num_layers,
+        config.activation,
+        sigma=config.sigma,
+        omega=config.omega,
     )

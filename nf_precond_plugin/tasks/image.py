@@ -15,6 +15,7 @@ from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
 from nf_precond_plugin.presets import IMAGE_BATCH, IMAGE_SIGMA
 from nf_precond_plugin.tasks.common import FitConfig, build_field
 
+
 @dataclass
 class ImageConfig(FitConfig):
     """Fit a coordinate MLP to an image and report PSNR per epoch."""
@@ -74,7 +75,11 @@ class ImageTask:
         recon = run_dir / f"reconstruction-{tag}.png"
         iio.imwrite(recon, (rendered.numpy() * 255 + 0.5).astype("uint8"))
         error = (rendered - self.target).abs().mean(dim=-1)
-        ssim = float(structural_similarity_index_measure(rendered.permute(2, 0, 1)[None], self.target.permute(2, 0, 1)[None], data_range=1.0))
+        ssim = float(
+            structural_similarity_index_measure(
+                rendered.permute(2, 0, 1)[None], self.target.permute(2, 0, 1)[None], data_range=1.0
+            )
+        )
         fig, ax = plt.subplots(figsize=(5, 4.4), dpi=120)
         shown = ax.imshow(error.numpy(), cmap="magma", vmin=0, vmax=max(float(error.max()), 1e-6))
         fig.colorbar(shown, ax=ax, fraction=0.046, label="|error| (mean over RGB)")

@@ -17,6 +17,7 @@ import torch
 
 from nf_precond_plugin.tasks.common import FitConfig, build_field
 
+
 @dataclass
 class OccupancyConfig(FitConfig):
     """Fit a binary occupancy field to a mesh and report IoU per epoch."""
@@ -65,7 +66,9 @@ class OccupancyTask:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         points = sample_occupancy_points(self.mesh, self.config.points_per_epoch, np.random.default_rng(seed))
         labels = self.labeler(points)
-        return torch.from_numpy(np.asarray(points, dtype=np.float32)), torch.from_numpy(labels.astype(np.float32))[:, None]
+        return torch.from_numpy(np.asarray(points, dtype=np.float32)), torch.from_numpy(labels.astype(np.float32))[
+            :, None
+        ]
 
     def optimizer_overrides(self, name: str) -> dict[str, Any]:
         # K-FAC's factors come from the model's Fisher: Bernoulli for a BCE-on-logits loss

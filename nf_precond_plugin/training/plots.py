@@ -17,7 +17,9 @@ def convergence_plot(
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for name, rows in histories.items():
         rows = [row for row in rows if metric in row]
-        by_epoch.plot([r[step_key] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=name)
+        by_epoch.plot(
+            [r[step_key] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=name
+        )
         by_time.plot([r["wall_seconds"] for r in rows], [r[metric] for r in rows], label=name)
     label = metric.upper() if len(metric) <= 4 else metric
     by_epoch.set(xlabel=step_key, ylabel=label, title=f"per {step_key}")

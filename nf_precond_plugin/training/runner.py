@@ -54,7 +54,9 @@ class Task(Protocol):
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
-    def evaluate(self, model: torch.nn.Module, last_batch: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, last_batch: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> dict[str, float]:
         """Metrics; must contain ``self.metric``."""
 
     def export(self, model: torch.nn.Module, run_dir: Path, tag: str) -> list[Path]:
@@ -81,7 +83,11 @@ class RunSettings:
 
 
 def _validate(settings: RunSettings) -> None:
-    for name, value in (("--epochs", settings.epochs), ("--batch-size", settings.batch_size), ("--eval-every", settings.eval_every)):
+    for name, value in (
+        ("--epochs", settings.epochs),
+        ("--batch-size", settings.batch_size),
+        ("--eval-every", settings.eval_every),
+    ):
         if value < 1:
             raise UserInputError(f"{name}: expected a positive integer, got {value}")
     for name, lr in settings.learning_rates.items():
@@ -108,12 +114,16 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
         def write_progress(history: list[dict[str, Any]], name: str = name) -> None:
             _write_metrics(run_dir / "metrics.csv", {**histories, name: history}, task.metric)
 
-        histories[name], results[name] = _train_one(task, settings, name, initial_state, run_dir, console, write_progress)
+        histories[name], results[name] = _train_one(
+            task, settings, name, initial_state, run_dir, console, write_progress
+        )
     _write_metrics(run_dir / "metrics.csv", histories, task.metric)
 
     from nf_precond_plugin.training.plots import convergence_plot
 
-    plot = convergence_plot(histories, task.metric, run_dir / "convergence.png", title=f"{task.name}: {task.describe().get('source', '')}")
+    plot = convergence_plot(
+        histories, task.metric, run_dir / "convergence.png", title=f"{task.name}: {task.describe().get('source', '')}"
+    )
     summary = {
         "task": task.name,
         "metric": task.metric,
@@ -123,7 +133,12 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
         "seed": settings.seed,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads()},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
         "files": {"metrics": "metrics.csv", "plot": plot.name},
         "run_dir": str(run_dir),
     }
@@ -138,7 +153,9 @@ def _open_run_dir(task: Task, settings: RunSettings) -> Path:
     if not (run_dir / "checkpoints").is_dir():
         raise UserInputError(f"--resume {run_dir}: not a run directory with checkpoints/")
     if (run_dir / "summary.json").exists():
-        raise UserInputError(f"--resume {run_dir}: this run is already complete (summary.json exists); start a new run instead")
+        raise UserInputError(
+            f"--resume {run_dir}: this run is already complete (summary.json exists); start a new run instead"
+        )
     return run_dir
 
 
@@ -164,7 +181,13 @@ def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
         torch.manual_seed(settings.seed)  # the same probe stream for every compared optimizer
 
     last_batch = None
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
     with Progress(*columns, console=console, disable=not settings.progress, transient=False) as progress:
         bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=start_epoch, status="")
         for epoch in range(start_epoch, settings.epochs):
@@ -193,16 +216,33 @@ def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
                 step += 1
                 last_batch = (x, y, prediction.detach())
             if batches == 0:
-                raise UserInputError(f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)")
-            row = {"optimizer": name, "epoch": epoch + 1, "step": step, "wall_seconds": wall, "optimizer_step_seconds": opt_seconds, "loss": epoch_loss / batches}
+                raise UserInputError(
+                    f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)"
+                )
+            row = {
+                "optimizer": name,
+                "epoch": epoch + 1,
+                "step": step,
+                "wall_seconds": wall,
+                "optimizer_step_seconds": opt_seconds,
+                "loss": epoch_loss / batches,
+            }
             if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
                 model.eval()
                 row.update(task.evaluate(model, last_batch))
                 model.train()
             history.append(row)
             torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "history": history, "epoch": epoch + 1, "step": step, "wall_seconds": wall, "optimizer_step_seconds": opt_seconds},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "wall_seconds": wall,
+                    "optimizer_step_seconds": opt_seconds,
+                },
                 checkpoint_path.with_suffix(".tmp"),
             )
             checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written checkpoint

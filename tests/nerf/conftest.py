@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -95,7 +95,7 @@ _socket.getaddrinfo = _guarded_getaddrinfo
 class Finished:
     """A finished command: its argv, exit code and combined stdout + stderr."""
 
-    args: List[str]
+    args: list[str]
     returncode: int
     output: str
     seconds: float
@@ -107,7 +107,7 @@ class Finished:
 class Background:
     """A command started in its own process group, output to a file; ``result()`` waits for it."""
 
-    def __init__(self, args: Sequence[str], env: Dict[str, str], log_dir: Path, name: str, cwd: Optional[Path] = None):
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_dir: Path, name: str, cwd: Path | None = None):
         self.args = [str(arg) for arg in args]
         self.log_path = log_dir / f"{name}.log"
         self.network_log = log_dir / f"{name}.network"
@@ -122,7 +122,7 @@ class Background:
             cwd=cwd or log_dir,
             start_new_session=True,
         )
-        self._finished: Optional[Finished] = None
+        self._finished: Finished | None = None
 
     def result(self, timeout: float = CLI_TIMEOUT_S) -> Finished:
         if self._finished is None:
@@ -150,7 +150,7 @@ class Background:
 
 
 @pytest.fixture(scope="session")
-def cli_env(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for the ns-* subprocesses: one thread, offline, no writes outside tmp dirs."""
     root = tmp_path_factory.mktemp("cli_env")
     guard_dir = root / "network_guard"
@@ -173,11 +173,11 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def start_command(cli_env: Dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+def start_command(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     """``start_command(args, name)`` starts a :class:`Background` run of ``args`` in ``cli_env`` (a bare
     program name is looked up in the venv's bin first), logging to ``<name>.log`` in a fresh tmp dir.
     Whatever is still running at the end of the session is killed."""
-    started: List[Background] = []
+    started: list[Background] = []
 
     def start(args: Sequence[object], name: str) -> Background:
         program = str(args[0])
@@ -204,14 +204,21 @@ def training(tiny_scene: Path, start_command, tmp_path_factory: pytest.TempPathF
     outputs = tmp_path_factory.mktemp("trained_run") / "outputs"
     run = start_command(
         [
-            "ns-train", "gaussian-esgd-cpu",
-            "--machine.device-type", "cpu",
-            "--vis", "tensorboard",
-            "--max-num-iterations", str(TRAIN_ITERATIONS),
-            "--steps-per-save", str(TRAIN_ITERATIONS),
-            "--output-dir", outputs,
+            "ns-train",
+            "gaussian-esgd-cpu",
+            "--machine.device-type",
+            "cpu",
+            "--vis",
+            "tensorboard",
+            "--max-num-iterations",
+            str(TRAIN_ITERATIONS),
+            "--steps-per-save",
+            str(TRAIN_ITERATIONS),
+            "--output-dir",
+            outputs,
             *TINY_MODEL,
-            "--data", tiny_scene,
+            "--data",
+            tiny_scene,
         ],  # fmt: skip
         "ns-train",
     )

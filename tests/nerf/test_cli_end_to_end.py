@@ -14,12 +14,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 
 METHODS = ("gaussian-esgd", "gaussian-adam", "gaussian-adahessian", "gaussian-esgd-cpu", "gaussian-adam-cpu")
 TEST_VIEWS = ("image000.png", "image008.png")
@@ -48,7 +47,7 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _start_in_background(training: Any, cli_runs: Dict[str, Any]):
+def _start_in_background(training: Any, cli_runs: dict[str, Any]):
     """Start the training run and the checkpoint-free commands before the first test of this module."""
 
 
@@ -59,8 +58,21 @@ def checkpoint_runs(trained_run: Path, start_command, tmp_path_factory: pytest.T
     runs = {
         "eval": start_command(["ns-eval", "--load-config", trained_run, "--output-path", root / "eval.json"], "eval"),
         "render": start_command(
-            ["ns-render", "dataset", "--load-config", trained_run, "--output-path", root / "renders",
-             "--split", "test", "--image-format", "png", "--rendered-output-names", "rgb", "depth"],
+            [
+                "ns-render",
+                "dataset",
+                "--load-config",
+                trained_run,
+                "--output-path",
+                root / "renders",
+                "--split",
+                "test",
+                "--image-format",
+                "png",
+                "--rendered-output-names",
+                "rgb",
+                "depth",
+            ],
             "render",
         ),  # fmt: skip
     }
@@ -108,24 +120,27 @@ def test_methods_and_dataparser_are_registered_in_process():
     assert isinstance(dataparsers.get("llff-data"), LLFFDataParserConfig), sorted(dataparsers)
 
 
-def test_network_guard_is_active(cli_env: Dict[str, str], tmp_path: Path):
+def test_network_guard_is_active(cli_env: dict[str, str], tmp_path: Path):
     """The guard the other runs are checked with does catch a connection (so its silence means something)."""
     log = tmp_path / "network"
     attempt = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError as e:\n    print(e)"
     subprocess.run(
-        [sys.executable, "-c", attempt], env={**cli_env, "NF_PRECOND_TEST_NETWORK_LOG": str(log)}, check=True, timeout=60
+        [sys.executable, "-c", attempt],
+        env={**cli_env, "NF_PRECOND_TEST_NETWORK_LOG": str(log)},
+        check=True,
+        timeout=60,
     )
     assert "192.0.2.1" in log.read_text()
 
 
-def test_ns_train_help_lists_the_methods(cli_runs: Dict[str, Any]):
+def test_ns_train_help_lists_the_methods(cli_runs: dict[str, Any]):
     run = cli_runs["help"].result()
     assert run.returncode == 0, run.describe()
     missing = [name for name in METHODS if not mentions_method(run.output, name)]
     assert not missing, f"ns-train --help does not list {missing}\n{run.describe()}"
 
 
-def test_method_help_shows_esgd_options_and_llff_dataparser(cli_runs: Dict[str, Any]):
+def test_method_help_shows_esgd_options_and_llff_dataparser(cli_runs: dict[str, Any]):
     run = cli_runs["method_help"].result()
     assert run.returncode == 0, run.describe()
     for option in ("--optimizers.fields.optimizer.update-d-every", "--optimizers.fields.optimizer.d-warmup"):
@@ -133,7 +148,7 @@ def test_method_help_shows_esgd_options_and_llff_dataparser(cli_runs: Dict[str, 
     assert mentions_method(run.output, "llff-data"), run.describe()
 
 
-def test_missing_data_is_one_line_error_without_traceback(cli_runs: Dict[str, Any]):
+def test_missing_data_is_one_line_error_without_traceback(cli_runs: dict[str, Any]):
     run = cli_runs["bad_data"].result()
     assert run.returncode != 0, run.describe()
     assert "Traceback" not in run.output, run.describe()
@@ -141,7 +156,7 @@ def test_missing_data_is_one_line_error_without_traceback(cli_runs: Dict[str, An
     assert len(errors) == 1 and "/nonexistent" in errors[0], run.describe()
 
 
-def test_mixed_precision_is_refused_in_one_line(cli_runs: Dict[str, Any]):
+def test_mixed_precision_is_refused_in_one_line(cli_runs: dict[str, Any]):
     run = cli_runs["mixed_precision"].result()
     assert run.returncode != 0, run.describe()
     assert "Traceback" not in run.output, run.describe()
@@ -150,7 +165,7 @@ def test_mixed_precision_is_refused_in_one_line(cli_runs: Dict[str, Any]):
     assert "Training Finished" not in run.output, run.describe()
 
 
-def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: Dict[str, Any], tiny_scene: Path):
+def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: dict[str, Any], tiny_scene: Path):
     run = checkpoint_runs["render"].result()
     assert run.returncode == 0, run.describe()
     frames: Path = checkpoint_runs["render"].frames
@@ -164,11 +179,13 @@ def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: Dict[str, A
         assert rgb.std(axis=(0, 1)).max() > 0.05 and depth.std() > 0.02, f"{name}: a near-constant frame"
         best_constant = psnr(truth.mean(axis=(0, 1), keepdims=True), truth)
         rendered = psnr(rgb, truth)
-        assert rendered > best_constant + MARGIN_DB, f"{name}: render {rendered:.2f} dB vs constant {best_constant:.2f} dB"
+        assert rendered > best_constant + MARGIN_DB, (
+            f"{name}: render {rendered:.2f} dB vs constant {best_constant:.2f} dB"
+        )
 
 
 def test_ns_eval_writes_metrics_consistent_with_the_renders(
-    checkpoint_runs: Dict[str, Any], tiny_scene: Path, trained_run: Path
+    checkpoint_runs: dict[str, Any], tiny_scene: Path, trained_run: Path
 ):
     from nf_precond_plugin.nerf.metrics import alexnet_weights_path
 

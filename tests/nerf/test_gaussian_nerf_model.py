@@ -22,7 +22,9 @@ def tiny_model(**overrides):
     settings = dict(num_layers=2, hidden_dim=6, geo_feat_dim=4, hidden_dim_color=4, num_coarse_samples=8)
     settings.update(overrides)
     box = SceneBox(aabb=torch.tensor([[-2.0, -2.0, -7.0], [2.0, 2.0, 0.0]]))
-    return GaussianNeRFModelConfig(**settings).setup(scene_box=box, num_train_data=4, metadata={"near": NEAR, "far": FAR})
+    return GaussianNeRFModelConfig(**settings).setup(
+        scene_box=box, num_train_data=4, metadata={"near": NEAR, "far": FAR}
+    )
 
 
 def forward_rays(n: int = 12, dtype: torch.dtype = torch.float32) -> RayBundle:

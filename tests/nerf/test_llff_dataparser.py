@@ -13,16 +13,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from PIL import Image
 
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.nerf.demo_scene import generate_demo_scene
@@ -297,7 +296,7 @@ def _resize_one_image(root: Path) -> None:
     Image.new("RGB", (SMALL_WIDTH + 2, SMALL_HEIGHT)).save(root / "images_4" / "IMG_0003.PNG")
 
 
-BAD_SCENES: dict[str, tuple[Optional[Callable[[Path], None]], dict, str]] = {
+BAD_SCENES: dict[str, tuple[Callable[[Path], None] | None, dict, str]] = {
     # case: (mutation of a valid scene, or None for a missing directory; config; expected message part)
     "missing directory": (None, {}, "directory not found"),
     "no poses_bounds.npy": (lambda root: (root / "poses_bounds.npy").unlink(), {}, "poses_bounds.npy not found"),

@@ -78,7 +78,11 @@ def train_briefly(dataparser, output: Path, steps: int = 6):
     config.pipeline.datamanager.train_num_rays_per_batch = 64
     model = config.pipeline.model
     model.num_layers, model.hidden_dim, model.geo_feat_dim, model.hidden_dim_color, model.num_coarse_samples = (
-        2, 16, 8, 8, 8,
+        2,
+        16,
+        8,
+        8,
+        8,
     )
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)

@@ -38,7 +38,11 @@ def tiny_config(spec, scene: Path, output: Path, iterations: int):
     config.pipeline.datamanager.eval_num_rays_per_batch = 64
     model = config.pipeline.model
     model.num_layers, model.hidden_dim, model.geo_feat_dim, model.hidden_dim_color, model.num_coarse_samples = (
-        2, 16, 8, 8, 8,
+        2,
+        16,
+        8,
+        8,
+        8,
     )
     optimizer = config.optimizers["fields"]["optimizer"]
     if hasattr(optimizer, "d_warmup"):

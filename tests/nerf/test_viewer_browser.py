@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -87,7 +87,7 @@ def wait_for_port(port: int, viewer: Any, deadline: float) -> None:
     pytest.fail(f"ns-viewer did not open port {port} in time:\n{viewer.log_path.read_text()[-4000:]}")
 
 
-def canvas_stats(screenshot: np.ndarray, points: List[List[int]], scene_chromaticity: np.ndarray) -> Dict[str, float]:
+def canvas_stats(screenshot: np.ndarray, points: list[list[int]], scene_chromaticity: np.ndarray) -> dict[str, float]:
     if not points:
         return {"points": 0, "coloured": 0.0, "std": 0.0, "chromaticity_error": 1.0}
     xy = np.asarray(points)
@@ -103,7 +103,7 @@ def canvas_stats(screenshot: np.ndarray, points: List[List[int]], scene_chromati
     }
 
 
-def render_shown(stats: Dict[str, float]) -> bool:
+def render_shown(stats: dict[str, float]) -> bool:
     return (
         stats["coloured"] >= MIN_COLOURED_FRACTION
         and stats["std"] >= MIN_PIXEL_STD
@@ -167,7 +167,7 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
     timer.start()
     screenshot_path = tmp_path / "viewer.png"
     before_path = tmp_path / "viewer-before-render.png"
-    blocked: List[str] = []
+    blocked: list[str] = []
     print(f"screenshots: {screenshot_path} (latest), {before_path} (first); viewer log: {viewer.log_path}")
     try:
         started = time.monotonic()
@@ -198,8 +198,8 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
                 page = context.pages[0] if context.pages else context.new_page()
                 page.goto(local, wait_until="load")
 
-                stats: Dict[str, float] = {}
-                before: Dict[str, float] = {}
+                stats: dict[str, float] = {}
+                before: dict[str, float] = {}
                 shot = None
                 render_deadline = time.monotonic() + RENDER_TIMEOUT_S
                 while time.monotonic() < render_deadline:
