@@ -5,7 +5,8 @@ ratios are measured in one process on one machine. Prints PSNR at the chosen epo
 time ratios against Adam, and writes JSON next to the run directories.
 
     python benchmarks/image_optimizers.py --activations gaussian,sine --optimizers adam,esgd --epochs 200
-    python benchmarks/image_optimizers.py --activations gaussian --optimizers adam,sgd,esgd,esgd-max,adahessian,adahessian-j,shampoo,kfac --epochs 50
+    python benchmarks/image_optimizers.py --activations gaussian \
+        --optimizers adam,sgd,esgd,esgd-max,adahessian,adahessian-j,shampoo,kfac --epochs 50
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 as one `--compare` run of the shared runner (same init, same points). On 2 CPU cores only a few
 dozen epochs fit in ~20 minutes; the script reports how many it ran.
 
-    python benchmarks/occupancy_optimizers.py --optimizers adam,esgd --epochs 12 --json-out benchmarks/results/occupancy.json
+    python benchmarks/occupancy_optimizers.py --optimizers adam,esgd --epochs 12 \
+        --json-out benchmarks/results/occupancy.json
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Union
+from typing import Annotated
 
 import tyro
 from rich.console import Console
@@ -17,15 +17,15 @@ from rich.table import Table
 
 from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
 from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
-from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.errors import exit_code_of, reported_as_one_line
 from nf_precond_plugin.nerf.demo import NerfDemoConfig, run_nerf_demo
 from nf_precond_plugin.runtime import configure_entry_point
 
-Command = Union[
-    Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")],
-    Annotated[ConditionConfig, tyro.conf.subcommand("condition")],
-    Annotated[NerfDemoConfig, tyro.conf.subcommand("nerf-demo")],
-]
+Command = (
+    Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")]
+    | Annotated[ConditionConfig, tyro.conf.subcommand("condition")]
+    | Annotated[NerfDemoConfig, tyro.conf.subcommand("nerf-demo")]
+)
 
 _console = Console(stderr=True)
 
@@ -54,27 +54,27 @@ def _show_condition(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(Command, args=argv, prog="nf-precond", description=__doc__)
     configure_entry_point()
+    return exit_code_of(_guarded, config)
+
+
+def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig) -> None:
+    with reported_as_one_line("nf-precond"):
+        _dispatch(config)
+
+
+def _dispatch(config: SparsityConfig | ConditionConfig | NerfDemoConfig) -> None:
     if isinstance(config, NerfDemoConfig):
-        try:
-            run_nerf_demo(config)
-        except UserInputError as error:
-            _console.print(f"[red]nf-precond: error:[/red] {error}", highlight=False)
-            return 2
-        return 0
-    try:
-        if isinstance(config, SparsityConfig):
-            result, show = run_sparsity(config, progress=not config.json), _show_sparsity
-        else:
-            result, show = run_condition(config, progress=not config.json), _show_condition
-    except (UserInputError, ValueError) as error:
-        _console.print(f"[red]nf-precond: error:[/red] {error}", highlight=False)
-        return 2
+        run_nerf_demo(config)
+        return
+    if isinstance(config, SparsityConfig):
+        result, show = run_sparsity(config, progress=not config.json), _show_sparsity
+    else:
+        result, show = run_condition(config, progress=not config.json), _show_condition
     if config.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     else:
         show(result)
         _console.print(f"run directory: {result['run_dir']}\nplot: {result['plot']}")
-    return 0
 
 
 if __name__ == "__main__":

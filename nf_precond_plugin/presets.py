@@ -1,37 +1,21 @@
-"""The paper's settings (§5) in one place, so every task and diagnostic agrees on them."""
+"""The paper's settings (§5) in one place, so every task, diagnostic and benchmark agrees on them.
+
+Learning rates live with the optimizer registry (``optim/factory.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+# Coordinate MLPs (§5): 5 linear layers × 256 for images and occupancy.
+HIDDEN_FEATURES = 256
+NUM_LAYERS = 5
+SINE_OMEGA = 30.0  # SIREN's ω
 
-# Image fitting (§5.1): 5 layers × 256, batch 512; σ = 0.05 (Gaussian), ω = 30 (sine), ω₀ = s₀ = 10 (wavelet).
+# Image fitting (§5.1): batch 512, Gaussian σ = 0.05, 256 × 256 targets.
 IMAGE_SIGMA = 0.05
-IMAGE_HIDDEN = 256
-IMAGE_LAYERS = 5
 IMAGE_BATCH = 512
+IMAGE_SIZE = 256
 
-
-def image_field_kwargs(
-    activation: str, hidden_features: int = IMAGE_HIDDEN, num_layers: int = IMAGE_LAYERS
-) -> dict[str, Any]:
-    return dict(
-        in_features=2,
-        out_features=3,
-        hidden_features=hidden_features,
-        num_layers=num_layers,
-        activation=activation,
-        sigma=IMAGE_SIGMA,
-        omega=30.0,
-        wavelet_omega=10.0,
-        wavelet_scale=10.0,
-    )
-
-
-def paper_lr(optimizer: str, activation: str) -> float:
-    """Adam 1e-4 (1e-3 for ReLU-PE); ESGD and AdaHessian 0.15 (0.1 for ReLU-PE)."""
-    relu_like = activation in ("relu-pe", "relu")
-    if optimizer == "adam":
-        return 1e-3 if relu_like else 1e-4
-    if optimizer in ("esgd", "esgd-max", "adahessian", "adahessian-j"):
-        return 0.1 if relu_like else 0.15
-    raise ValueError(f"no paper learning rate for optimizer {optimizer!r}")
+# Occupancy (§5.2, SAPE's protocol): 1M fresh points per epoch, batch 50k, Gaussian σ = 0.09.
+OCCUPANCY_SIGMA = 0.09
+OCCUPANCY_BATCH = 50_000
+OCCUPANCY_POINTS_PER_EPOCH = 1_000_000

@@ -9,21 +9,22 @@ import math
 import pytest
 import torch
 
-from nf_precond_plugin.diagnostics.condition import (
-    ConditionConfig,
+from nf_precond_plugin.curvature.exact import (
     congruence,
     equilibration_diagonal,
-    exact_hessian,
-    flat_parameters,
     jacobi_diagonal,
     kappa,
     kappa_top_r,
+    sorted_magnitudes,
+    spectral_spread,
+)
+from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
+from nf_precond_plugin.diagnostics.toy_field import (
+    exact_hessian,
+    flat_parameters,
     make_field,
     make_problem,
     mse_loss_function,
-    run_condition,
-    sorted_magnitudes,
-    spectral_spread,
 )
 from nf_precond_plugin.fields import CoordinateMLP
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from nf_precond_plugin.fields import CoordinateMLP
-from nf_precond_plugin.optim.factory import OPTIMIZERS, build_optimizer, default_lr, needs_create_graph
+from nf_precond_plugin.optim.factory import OPTIMIZERS, build_optimizer, default_lr
+from nf_precond_plugin.training.step import needs_create_graph
 
 
 def _problem():

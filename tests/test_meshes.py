@@ -17,17 +17,15 @@ import trimesh
 from nf_precond_plugin.data import meshes
 from nf_precond_plugin.data.meshes import (
     OccupancyLabeler,
-    extract_mesh,
     heldout_points,
-    iou,
     load_mesh,
     normalise_mesh,
-    render_preview,
     sample_occupancy_points,
     sample_surface,
     winding_numbers,
     winding_numbers_exact,
 )
+from nf_precond_plugin.data.occupancy_readout import extract_mesh, iou, render_preview
 from nf_precond_plugin.errors import UserInputError
 
 HAS_IGL = importlib.util.find_spec("igl") is not None

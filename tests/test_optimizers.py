@@ -152,7 +152,7 @@ def run(opt, params, num_steps: int, loss_fn=quadratic, use_closure: bool = Fals
         if use_closure:
             returned = []
 
-            def closure():
+            def closure(returned=returned):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(params)
                 loss.backward(create_graph=opt.should_create_graph())

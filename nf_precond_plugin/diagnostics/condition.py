@@ -1,24 +1,6 @@
 """Figure 2 of the paper as a reproducible computation: condition numbers of the exact Hessian
 of a small neural field before and after diagonal (equilibration / Jacobi) preconditioning.
 
-Setup
------
-A 2×16 Gaussian MLP (``CoordinateMLP(1, 1, hidden_features=16, num_layers=3,
-activation="gaussian")``, P = 321 parameters, float64) fits f(x) = sin(2πx) + sin(6πx) on N
-evenly spaced points of [-1, 1] with the MSE loss L(θ) = (1/N) Σᵢ (F(xᵢ; θ) − yᵢ)². At every
-step the EXACT P×P Hessian H = ∇²L is formed (``torch.func.hessian`` — forward-over-reverse —
-of the loss as a function of the flattened parameter vector through
-``torch.func.functional_call``; it equals ``torch.autograd.functional.hessian`` to rounding and
-is ~4× faster, which the tests check together with a finite-difference Hessian).
-
-Preconditioners (paper §4.1)
-----------------------------
-    D_E = diag(‖H_{i,:}‖₂)   (equilibration, row 2-norms; ESGD's D ≈ |H|)
-    D_J = |diag H|           (Jacobi)
-each damped as d_i ← d_i + δ·max_j d_j with δ = ``DAMPING`` = 1e-10 (relative), only so that no
-division by zero can occur. The preconditioned Hessian is the congruence
-D^{-1/2} H D^{-1/2} of Eq. (4).
-
 The condition number used (``KAPPA_DEFINITION``)
 ------------------------------------------------
 Definition 4.1, σ_max/σ_min, is useless here as written: H is indefinite and its spectrum runs
@@ -62,23 +44,7 @@ run uses η = c / max|λ(D₀^{-1/2} H₀ D₀^{-1/2})| at the (shared) initial 
 own stability limit 2/λ_max. A run whose loss becomes non-finite is stopped and reported as
 diverged.
 
-Choice of σ, and what was found (200 steps, N = 64, c = 1, seeds 0–2)
----------------------------------------------------------------------
-σ = 0.1 (also ``CoordinateMLP``'s default) was chosen because plain GD fits best with it: mean final
-loss 0.24 (from ~1.1) against 0.28, 0.28, 0.40, 0.44 for σ = 0.15, 0.2, 0.25, 0.3. The result
-depends on σ, and this module reports it rather than hides it:
-- κ_N(D_E^{-1/2} H D_E^{-1/2}) < κ_N(H) at every step of every run tried (all σ, all seeds);
-- κ_N(D_J^{-1/2} H D_J^{-1/2}) < κ_N(H) on 69–99 % of the steps, with spikes whenever a diagonal
-  entry of the indefinite H passes through zero (Jacobi then rescales by a near-zero number; its
-  κ there depends on the damping, see "damping_sensitivity_at_init");
-- the paper's E-below-J ordering of the medians held for σ = 0.1 (all seeds, all r) and σ = 0.15
-  (r = N), but not for σ ≥ 0.2, where κ_J's median is usually the smaller one (σ = 0.2: 1 of 3
-  seeds, σ = 0.25: 0 of 3, σ = 0.3: 2 of 3 at r = N, 0 of 3 at r = 8, 16, 32).
-Two caveats on the GD runs: plain GD with a step fixed at init reaches the edge of stability
-(η·λ_max(H) > 2 from step ~24 at σ = 0.1, loss oscillating after step ~50), so the later plain-GD
-iterates — where the headline κ's are measured — sit on an oscillating trajectory; and the
-step-size rule is hard on Jacobi, whose preconditioned λ_max at init is inflated by near-zero
-diagonal entries of the indefinite H, which makes its η ~100× smaller than equilibration's.
+What was found across σ and seeds is in the README (Diagnostics).
 """
 
 from __future__ import annotations
@@ -91,19 +57,34 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
-from nf_precond_plugin.fields import CoordinateMLP
+from nf_precond_plugin.curvature.exact import (
+    DAMPING,
+    PRECONDITIONERS,
+    congruence,
+    equilibration_diagonal,
+    jacobi_diagonal,
+    kappa,
+    kappa_top_r,
+    preconditioner_diagonal,
+    sorted_magnitudes,
+    spectral_spread,
+)
+from nf_precond_plugin.diagnostics.condition_plot import condition_plot
+from nf_precond_plugin.diagnostics.toy_field import (
+    exact_hessian,
+    flat_parameters,
+    make_field,
+    make_problem,
+    mse_loss_function,
+)
+from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.rundir import new_run_dir
 from nf_precond_plugin.runtime import enable_fast_cpu_math
-
-DAMPING = 1e-10
-"""Relative damping δ of both diagonal preconditioners: d_i ← d_i + δ·max_j d_j."""
+from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 EXTRA_RANKS: tuple[int, ...] = (8, 16, 32)
 """Further fixed counts r at which κ_r is reported next to the structural headline r = N."""
-
-PRECONDITIONERS: tuple[str, ...] = ("none", "equilibration", "jacobi")
 
 KAPPA_DEFINITION = (
     "kappa_r(A) = |lambda|_(1) / |lambda|_(r): ratio of the largest to the r-th largest eigenvalue "
@@ -124,11 +105,13 @@ class ConditionConfig:
     before and after equilibration / Jacobi preconditioning (paper Fig. 2), plus preconditioned GD."""
 
     steps: int = 200
-    """Gradient-descent steps of each of the three runs (none / equilibration / Jacobi); the exact Hessian is formed at every step."""
+    """Gradient-descent steps of each of the three runs (none / equilibration / Jacobi);
+    the exact Hessian is formed at every step."""
     samples: int = 64
-    """Number N of evenly spaced training points on [-1, 1]; the headline κ uses the N-th largest |eigenvalue|."""
+    """Number N of evenly spaced training points on [-1, 1];
+    the headline κ uses the N-th largest |eigenvalue|."""
     sigma: float = 0.1
-    """Width σ of the Gaussian activation exp(-z²/2σ²); 0.1 fitted best with plain GD over σ in 0.1..0.3 (see module docstring)."""
+    """Width σ of the Gaussian activation exp(-z²/2σ²); 0.1 fitted best with plain GD over σ in 0.1..0.3 (README)."""
     seed: int = 0
     """Seed of the network initialisation (all three runs start from the same parameters)."""
     output_dir: Path = Path("outputs")
@@ -136,126 +119,25 @@ class ConditionConfig:
     json: bool = False
     """Print the result dictionary as JSON instead of a summary (the CLI does the printing)."""
     step_scale: float = 1.0
-    """Step size of every run as a fraction c of 1/λ_max of its preconditioned Hessian at init: η = c / max|λ(D^-1/2 H D^-1/2)|."""
+    """Step size of every run as a fraction c of 1/λ_max of its preconditioned Hessian at init:
+    η = c / max|λ(D^-1/2 H D^-1/2)|."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Linear algebra: preconditioner diagonals, congruence, condition numbers
-# ----------------------------------------------------------------------------------------------
+class DiagonalGD(torch.optim.Optimizer):
+    """Gradient descent preconditioned by a given diagonal: θ ← θ − lr · g / d.
 
+    ``diagonal`` (one tensor per parameter) is set before each step from the exact Hessian.
+    """
 
-def _damped(d: torch.Tensor, damping: float) -> torch.Tensor:
-    scale = d.max()
-    if not scale > 0:  # H == 0: every direction is equally (un)curved
-        return torch.ones_like(d)
-    return d + damping * scale
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, dict(lr=lr))
+        self.diagonal: list[torch.Tensor] | None = None
 
-
-def equilibration_diagonal(hessian: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
-    """Diagonal of D_E: the 2-norm of each row of H, plus ``damping`` · the largest row norm."""
-    return _damped(torch.linalg.vector_norm(hessian, dim=1), damping)
-
-
-def jacobi_diagonal(hessian: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
-    """Diagonal of D_J: |H_ii|, plus ``damping`` · max_i |H_ii|."""
-    return _damped(hessian.diagonal().abs(), damping)
-
-
-def preconditioner_diagonal(hessian: torch.Tensor, kind: str, damping: float = DAMPING) -> torch.Tensor:
-    if kind == "none":
-        return torch.ones(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    if kind == "equilibration":
-        return equilibration_diagonal(hessian, damping)
-    if kind == "jacobi":
-        return jacobi_diagonal(hessian, damping)
-    raise ValueError(f"Unknown preconditioner {kind!r}; expected one of {', '.join(PRECONDITIONERS)}")
-
-
-def congruence(hessian: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
-    """D^{-1/2} H D^{-1/2} for D = diag(``diagonal``) > 0 (Eq. 4), symmetrised against rounding."""
-    s = diagonal.rsqrt()
-    a = hessian * s[:, None] * s[None, :]
-    return 0.5 * (a + a.T)
-
-
-def sorted_magnitudes(matrix: torch.Tensor) -> torch.Tensor:
-    """|eigenvalues| of a symmetric matrix, largest first."""
-    return torch.linalg.eigvalsh(matrix).abs().sort(descending=True).values
-
-
-def kappa_top_r(magnitudes: torch.Tensor, r: int) -> float:
-    """κ_r = |λ|_(1) / |λ|_(r) from eigenvalue magnitudes sorted largest first (r is 1-based)."""
-    if not 1 <= r <= magnitudes.numel():
-        raise ValueError(f"r = {r} outside 1..{magnitudes.numel()}")
-    top, rth = float(magnitudes[0]), float(magnitudes[r - 1])
-    return top / rth if rth > 0 else math.inf
-
-
-def spectral_spread(magnitudes: torch.Tensor, r: int) -> float:
-    """|λ|_(1) / geometric mean of |λ|_(1..r): tolerance-free spread of the top-r spectrum."""
-    top = magnitudes[:r]
-    if not float(top[-1]) > 0:
-        return math.inf
-    return float(top[0] / torch.exp(torch.log(top).mean()))
-
-
-def kappa(matrix: torch.Tensor, r: int) -> float:
-    """κ_r of a symmetric matrix (see the module docstring)."""
-    return kappa_top_r(sorted_magnitudes(matrix), r)
-
-
-# ----------------------------------------------------------------------------------------------
-# The neural field and its exact loss Hessian
-# ----------------------------------------------------------------------------------------------
-
-
-def target_signal(x: torch.Tensor) -> torch.Tensor:
-    return torch.sin(2 * math.pi * x) + torch.sin(6 * math.pi * x)
-
-
-def make_problem(samples: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.linspace(-1.0, 1.0, samples, dtype=dtype)[:, None]
-    return x, target_signal(x)
-
-
-def make_field(sigma: float, seed: int, hidden_features: int = 16, num_layers: int = 3) -> CoordinateMLP:
-    """The paper's 2×16 Gaussian MLP (``num_layers`` counts linear layers), in float64."""
-    torch.manual_seed(seed)
-    model = CoordinateMLP(
-        1, 1, hidden_features=hidden_features, num_layers=num_layers, activation="gaussian", sigma=sigma
-    )
-    return model.double()
-
-
-def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-
-
-def mse_loss_function(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """L(θ) = mean((F(x; θ) − y)²) as a pure function of the flattened parameter vector θ."""
-    names = [name for name, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    sizes = [math.prod(s) for s in shapes]
-
-    def loss(theta: torch.Tensor) -> torch.Tensor:
-        chunks = torch.split(theta, sizes)
-        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
-        return (functional_call(model, params, (x,)) - y).square().mean()
-
-    return loss
-
-
-def exact_hessian(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """The exact P×P Hessian of ``loss`` at ``theta`` (forward-over-reverse), symmetrised."""
-    h = torch.func.hessian(loss)(theta.detach())
-    return 0.5 * (h + h.T)
-
-
-# ----------------------------------------------------------------------------------------------
-# The experiment
-# ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        for p, d in zip(params, self.diagonal):
+            p.sub_(self.param_groups[0]["lr"] * p.grad / d)
 
 
 def _spectra(hessian: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -282,8 +164,8 @@ def _gd_run(kind: str, config: ConditionConfig, ranks: Sequence[int], advance: C
     x, y = make_problem(config.samples)
     model = make_field(config.sigma, config.seed)
     loss_fn = mse_loss_function(model, x, y)
-    grad_fn = torch.func.grad_and_value(loss_fn)
-    theta = flat_parameters(model)
+    theta = torch.nn.Parameter(flat_parameters(model))
+    optimizer = DiagonalGD([theta], lr=math.nan)  # η is set from the spectrum at the first iterate
     headline = ranks[0]
 
     record: dict = {
@@ -293,30 +175,37 @@ def _gd_run(kind: str, config: ConditionConfig, ranks: Sequence[int], advance: C
         "lambda_max": {m: [] for m in ("H", "E", "J")},
         "diverged_at": None,
     }
-    lr = math.nan
-    for step in range(config.steps + 1):
-        grad, value = grad_fn(theta)
-        loss_value = float(value)
-        if not math.isfinite(loss_value):
-            record["diverged_at"] = step
-            break
-        record["loss"].append(loss_value)
-        hessian = exact_hessian(loss_fn, theta)
+
+    def measured_loss(step: int) -> tuple[torch.Tensor, None]:
+        """The loss at θ, after recording κ's at θ and setting the step's exact preconditioner."""
+        loss = loss_fn(theta)
+        if not math.isfinite(float(loss)):
+            raise NonFiniteLossError(float(loss))
+        record["loss"].append(float(loss))
+        hessian = exact_hessian(loss_fn, theta.detach())
         spectra = _spectra(hessian)
         for m, mags in spectra.items():
             for r in ranks:
                 record["kappa"][m][str(r)].append(_finite_or_none(kappa_top_r(mags, r)))
             record["spread"][m].append(_finite_or_none(spectral_spread(mags, headline)))
             record["lambda_max"][m].append(float(mags[0]))
-        diag = preconditioner_diagonal(hessian, kind)
+        optimizer.diagonal = [preconditioner_diagonal(hessian, kind)]
         if step == 0:
             own = {"none": "H", "equilibration": "E", "jacobi": "J"}[kind]
-            lr = config.step_scale / float(spectra[own][0])
-        if step == config.steps:
+            optimizer.param_groups[0]["lr"] = config.step_scale / float(spectra[own][0])
+        return loss, None
+
+    for step in range(config.steps + 1):
+        try:
+            if step == config.steps:
+                measured_loss(step)  # the last iterate is measured, not stepped from
+                break
+            training_step([optimizer], lambda step=step: measured_loss(step), check_finite=False)
+        except NonFiniteLossError:
+            record["diverged_at"] = step
             break
-        theta = theta - lr * grad / diag
         advance()
-    record["lr"] = lr
+    record["lr"] = optimizer.param_groups[0]["lr"]
     record["final_loss"] = record["loss"][-1] if record["diverged_at"] is None else None
     return record
 
@@ -335,78 +224,13 @@ def _damping_sensitivity(config: ConditionConfig, r: int) -> dict:
     return out
 
 
-def _plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = str(result["r"])
-    runs = result["history"]
-    colors = {"H": "tab:blue", "E": "tab:orange", "J": "tab:green"}
-    labels = {"H": "H", "E": r"$D_E^{-1/2} H D_E^{-1/2}$", "J": r"$D_J^{-1/2} H D_J^{-1/2}$"}
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-
-    ax = axes[0]
-    for m in ("H", "E", "J"):
-        ax.plot(
-            [float("nan") if v is None else v for v in runs["none"]["kappa"][m][r]], color=colors[m], label=labels[m]
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("GD step (plain GD trajectory)")
-    ax.set_ylabel(rf"$\kappa_{{{r}}} = |\lambda|_{{(1)}} / |\lambda|_{{({r})}}$")
-    ax.set_title("(a) same iterates: H vs. its two preconditioned versions")
-    ax.legend()
-
-    ax = axes[1]
-    for kind, m in (("equilibration", "E"), ("jacobi", "J")):
-        run = runs[kind]
-        ax.plot(
-            [float("nan") if v is None else v for v in run["kappa"]["H"][r]],
-            color=colors[m],
-            ls=":",
-            label=f"{kind} run: H (before)",
-        )
-        ax.plot(
-            [float("nan") if v is None else v for v in run["kappa"][m][r]],
-            color=colors[m],
-            label=f"{kind} run: preconditioned (after)",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("GD step (each preconditioned run's own trajectory)")
-    ax.set_ylabel(rf"$\kappa_{{{r}}}$")
-    ax.set_title("(b) paper Fig. 2a style: before (dotted) / after (solid)")
-    ax.legend(fontsize=8)
-
-    ax = axes[2]
-    for kind, m in (("none", "H"), ("equilibration", "E"), ("jacobi", "J")):
-        run = runs[kind]
-        ax.plot(run["loss"], color=colors[m], label=f"{kind} (η={run['lr']:.3g})")
-    ax.set_yscale("log")
-    ax.set_xlabel("GD step")
-    ax.set_ylabel("MSE loss")
-    ax.set_title(
-        rf"(c) GD, $\theta \leftarrow \theta - \eta D^{{-1}} \nabla L$, $\eta = {result['step_scale']:g}/\lambda_{{max}}$ at init"
-    )
-    ax.legend()
-
-    fig.suptitle(
-        f"2x16 Gaussian MLP (σ={result['sigma']:g}, P={result['num_parameters']}), "
-        f"f(x)=sin(2πx)+sin(6πx), N={result['samples']}; exact Hessian every step",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run_condition(config: ConditionConfig, progress: bool = True) -> dict:
     """Run the Fig. 2 experiment; write condition.json and condition.png into a new run directory."""
     enable_fast_cpu_math()
     if config.steps < 0:
-        raise ValueError(f"Invalid steps: {config.steps} (expected >= 0)")
+        raise UserInputError(f"--steps {config.steps}: expected >= 0")
     if config.samples < 2:
-        raise ValueError(f"Invalid samples: {config.samples} (expected >= 2)")
+        raise UserInputError(f"--samples {config.samples}: expected >= 2")
     started = time.perf_counter()
     run_dir = new_run_dir(config.output_dir, "condition")
     threads = torch.get_num_threads()
@@ -510,7 +334,7 @@ def _run(config: ConditionConfig, progress: bool, run_dir: Path, started: float)
         "run_dir": str(run_dir),
     }
     plot_path = run_dir / "condition.png"
-    _plot(result, plot_path)
+    condition_plot(result, plot_path)
     result["plot"] = str(plot_path)
     result["runtime_s"] = time.perf_counter() - started
     (run_dir / "condition.json").write_text(_json.dumps(result, indent=1, allow_nan=False))

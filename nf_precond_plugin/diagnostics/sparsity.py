@@ -17,18 +17,21 @@ import torch
 
 from nf_precond_plugin.curvature import hvp, rademacher_like
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
-from nf_precond_plugin.fields import CoordinateMLP
-from nf_precond_plugin.optim import ESGD
-from nf_precond_plugin.presets import IMAGE_BATCH, image_field_kwargs, paper_lr
+from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.fields import ActivationName
+from nf_precond_plugin.optim.factory import build_optimizer, default_lr
+from nf_precond_plugin.presets import IMAGE_BATCH, IMAGE_SIZE
 from nf_precond_plugin.rundir import new_run_dir
 from nf_precond_plugin.runtime import enable_fast_cpu_math
+from nf_precond_plugin.tasks.common import FitConfig, build_field
+from nf_precond_plugin.training.step import training_step
 
 
 @dataclass
 class SparsityConfig:
     """Train the image MLP with ESGD and measure how sparse its Hessian-vector products are."""
 
-    activation: Literal["gaussian", "sine", "wavelet", "relu-pe", "relu"] = "gaussian"
+    activation: ActivationName = "gaussian"
     """Activation of the 5 × 256 coordinate MLP."""
     optimizer: Literal["esgd", "adam"] = "esgd"
     """Optimizer that trains the field between measurements (the paper's Fig. 4 uses ESGD), at the paper's lr."""
@@ -40,7 +43,7 @@ class SparsityConfig:
     """Relative tolerance τ: |Hv_i| ≤ τ·max|Hv| counts as zero; 0 counts exact zeros."""
     batch_size: int = IMAGE_BATCH
     """Pixels per minibatch (the paper: 512)."""
-    size: int = 256
+    size: int = IMAGE_SIZE
     """Side of the square target image, in pixels."""
     image: Path | None = None
     """Target image; the default is scikit-image's astronaut, shipped with the package (no download)."""
@@ -82,22 +85,18 @@ def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:
     from nf_precond_plugin.diagnostics.plots import bar_plot
 
     if config.steps < 1 or config.measure_every < 1:
-        raise ValueError("--steps and --measure-every must be >= 1")
+        raise UserInputError("--steps and --measure-every must be >= 1")
     if not 0.0 <= config.tolerance < 1.0:
-        raise ValueError(f"--tolerance: expected 0 <= tolerance < 1, got {config.tolerance}")
+        raise UserInputError(f"--tolerance: expected 0 <= tolerance < 1, got {config.tolerance}")
     enable_fast_cpu_math()
     target, source = load_target_image(config.image, config.size)
     coords, colors = pixel_coordinates(*target.shape[:2]), target.reshape(-1, 3)
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = CoordinateMLP(**image_field_kwargs(config.activation))
-    lr = paper_lr(config.optimizer, config.activation)
-    if config.optimizer == "esgd":
-        optimizer: torch.optim.Optimizer = ESGD(model.parameters(), lr=lr)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    create_graph = getattr(optimizer, "should_create_graph", lambda: False)
+    # the standalone image task's field (the paper's 5 × 256, σ = 0.05)
+    model = build_field(FitConfig(activation=config.activation), 2, 3)
+    optimizer = build_optimizer(config.optimizer, model, default_lr(config.optimizer, config.activation))
     run_dir = new_run_dir(config.output_dir, f"sparsity-{config.activation}")
 
     history: list[dict] = []
@@ -105,17 +104,19 @@ def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:
         task = bar.add_task(f"sparsity ({config.activation})", total=config.steps)
         for step in range(config.steps + 1):
             batch = torch.randint(0, coords.shape[0], (config.batch_size,), generator=generator)
-            loss = (model(coords[batch]) - colors[batch]).square().mean()
-            if step % config.measure_every == 0 or step == config.steps:
-                history.append(
-                    {"step": step, "loss": loss.item(), **measure_sparsity(model, loss, config.tolerance, generator)}
-                )
-                bar.update(task, description=f"sparsity ({config.activation}) {history[-1]['overall']:.3f}")
+
+            def loss_and_measure(step: int = step, batch: torch.Tensor = batch) -> tuple[torch.Tensor, None]:
+                loss = (model(coords[batch]) - colors[batch]).square().mean()
+                if step % config.measure_every == 0 or step == config.steps:
+                    measured = measure_sparsity(model, loss, config.tolerance, generator)
+                    history.append({"step": step, "loss": loss.item(), **measured})
+                    bar.update(task, description=f"sparsity ({config.activation}) {measured['overall']:.3f}")
+                return loss, None
+
             if step == config.steps:
+                loss_and_measure()  # the last measurement, with no step after it
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward(create_graph=create_graph())
-            optimizer.step()
+            training_step([optimizer], loss_and_measure, check_finite=False)
             bar.advance(task)
 
     layers = [key for key in history[0] if key not in ("step", "loss")]

@@ -1,4 +1,8 @@
-"""The nerfstudio layer: a thin shell (config, field, model, trainer, dataparser) around the curvature core.
+"""The nerfstudio layer: a thin shell around the curvature core, each file one nerfstudio type.
 
-Everything here imports nerfstudio; nothing in ``curvature/``, ``optim/`` or ``fields/`` does.
+field, model, pipeline, optimizers, trainer, methods and llff subclass nerfstudio's types and are
+the only modules of the package that import nerfstudio (nothing in ``curvature/``, ``optim/``,
+``fields/`` or ``training/`` does). demo_scene (the embedded LLFF scene, numpy only), metrics
+(PSNR/SSIM/LPIPS-if-present) and demo (runs the ``ns-*`` commands as subprocesses) live here
+because they serve this layer, but import no nerfstudio themselves.
 """

@@ -52,7 +52,9 @@ def _run(command: list[str]) -> None:
     _console.print(f"[bold]$ {' '.join(command)}", highlight=False)
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
-        raise SystemExit(f"error: {Path(command[0]).name} failed with exit status {completed.returncode}")
+        raise UserInputError(
+            f"{Path(command[0]).name} failed with exit status {completed.returncode} (its own output is above)"
+        )
 
 
 def run_nerf_demo(config: NerfDemoConfig) -> dict:

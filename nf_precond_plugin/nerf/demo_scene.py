@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.errors import UserInputError, reported_as_one_line
 
 DEMO_SCENE_NAME = "demo-llff-v1"
 """Bump the version whenever the generated content changes, so stale caches are not reused."""
@@ -79,10 +79,6 @@ def demo_scene_dir() -> Path:
         xdg_cache = os.environ.get("XDG_CACHE_HOME")
         cache = str(Path(xdg_cache) / "nf-precond") if xdg_cache else "~/.cache/nf-precond"
     return Path(cache).expanduser() / DEMO_SCENE_NAME
-
-
-DEMO_SCENE_DIR: Path = demo_scene_dir()
-"""The default demo scene directory, as the environment gave it at import time."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--factor", type=int, default=8, help="images go to images_{factor}/")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+    with reported_as_one_line("demo_scene"):
         out_dir = generate_demo_scene(
             args.out_dir,
             num_views=args.num_views,
@@ -373,8 +369,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             factor=args.factor,
             seed=args.seed,
         )
-    except UserInputError as error:
-        raise SystemExit(f"error: {error}") from None
     print(out_dir)
 
 

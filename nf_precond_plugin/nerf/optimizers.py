@@ -1,8 +1,8 @@
 """nerfstudio ``OptimizerConfig`` wrappers around the project's curvature optimizers.
 
 nerfstudio builds an optimizer as ``config._target(params, **fields)`` (minus ``max_norm``), so each
-field below is a constructor argument of the same class the standalone tasks use, and shows up on
-the command line as ``--optimizers.fields.optimizer.<field>``.
+field below is a constructor argument of the same class the standalone tasks use, with the
+constructor's default, and shows up on the command line as ``--optimizers.fields.optimizer.<field>``.
 """
 
 from __future__ import annotations
@@ -18,48 +18,63 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from nf_precond_plugin.optim.adahessian import AdaHessian
 from nf_precond_plugin.optim.esgd import ESGD
+from nf_precond_plugin.optim.factory import constructor_default
+
+
+def _default(cls: type, name: str):
+    """The constructor's default: nerfstudio's dataclass copies it, a test checks the copy."""
+    return constructor_default(cls, name)
 
 
 @dataclass
-class CurvatureOptimizerConfig(OptimizerConfig):
-    """What ESGD and AdaHessian share: Adam-like hyperparameters and the Hessian-vector-product schedule."""
-
-    lr: float = 0.05
-    """Learning rate."""
-    eps: float = 1e-4
-    """Added to the preconditioner's square root before dividing."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Momentum and curvature-EMA coefficients."""
-    weight_decay: float = 0.0
-    """L2 penalty added to the gradient."""
-    update_d_every: int = 1
-    """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int = 1
-    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
-
-
-@dataclass
-class ESGDOptimizerConfig(CurvatureOptimizerConfig):
-    """ESGD: EMA (or decayed max) of (Hv)², a Hessian-vector product on the first ``d_warmup`` steps, then every ``update_d_every``."""
+class ESGDOptimizerConfig(OptimizerConfig):
+    """ESGD: EMA (or decayed max) of (Hv)², with a Hessian-vector product on the first ``d_warmup``
+    steps, then every ``update_d_every``."""
 
     _target: type = ESGD
-    update_d_every: int = 100
-    d_warmup: int = 50
-    variant: Literal["ema", "max"] = "ema"
+    lr: float = _default(ESGD, "lr")
+    """Learning rate."""
+    eps: float = _default(ESGD, "eps")
+    """Added to the preconditioner's square root before dividing."""
+    betas: tuple[float, float] = _default(ESGD, "betas")
+    """Momentum and curvature-EMA coefficients."""
+    weight_decay: float = _default(ESGD, "weight_decay")
+    """Decoupled weight decay."""
+    update_d_every: int = _default(ESGD, "update_d_every")
+    """Steps between Hessian-vector products after the warm-up."""
+    d_warmup: int = _default(ESGD, "d_warmup")
+    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    variant: Literal["ema", "max"] = _default(ESGD, "variant")
     """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max)."""
-    bias_correction: Literal["paper", "hvp"] = "paper"
+    bias_correction: Literal["paper", "hvp"] = _default(ESGD, "bias_correction")
     """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products taken."""
 
 
 @dataclass
-class AdaHessianOptimizerConfig(CurvatureOptimizerConfig):
+class AdaHessianOptimizerConfig(OptimizerConfig):
     """AdaHessian: Adam with the squared-gradient EMA replaced by an EMA of a Hessian-diagonal estimate."""
 
     _target: type = AdaHessian
-    estimator: Literal["equilibration", "jacobi"] = "equilibration"
+    lr: float = _default(AdaHessian, "lr")
+    """Learning rate."""
+    eps: float = _default(AdaHessian, "eps")
+    """Added to the preconditioner before dividing."""
+    betas: tuple[float, float] = _default(AdaHessian, "betas")
+    """Momentum and curvature-EMA coefficients."""
+    weight_decay: float = _default(AdaHessian, "weight_decay")
+    """L2 penalty added to the step."""
+    estimator: Literal["equilibration", "jacobi"] = _default(AdaHessian, "estimator")
     """Curvature sample: (Hv)² (AdaHessian(E)) or v ⊙ Hv (AdaHessian(J), the original)."""
-    hessian_power: float = 1.0
+    hessian_power: float = _default(AdaHessian, "hessian_power")
     """Exponent k of the preconditioner D^(k/2)."""
+    update_d_every: int = _default(AdaHessian, "update_d_every")
+    """Steps between Hessian-vector products after the warm-up."""
+    d_warmup: int = _default(AdaHessian, "d_warmup")
+    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+
+
+CURVATURE_OPTIMIZER_CONFIGS: tuple[type[OptimizerConfig], ...] = (ESGDOptimizerConfig, AdaHessianOptimizerConfig)
+"""The configs whose fields copy a curvature optimizer's constructor."""
 
 
 @dataclass

@@ -17,59 +17,10 @@ from typing import Any, Literal
 
 import torch
 
-from nf_precond_plugin.curvature import ema_, ema_debias
-from nf_precond_plugin.optim.base import _STEP_KEY, CurvatureOptimizer, validate_common
+from nf_precond_plugin.curvature import ema_debias, ema_foreach_
+from nf_precond_plugin.optim.base import CurvatureOptimizer, check_choice, validate_common
 
-
-class AdaHessian(CurvatureOptimizer):
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.15,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-4,
-        weight_decay: float = 0.0,
-        estimator: Literal["equilibration", "jacobi"] = "equilibration",
-        hessian_power: float = 1.0,
-        update_d_every: int = 1,
-        d_warmup: int = 1,
-    ) -> None:
-        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
-        if estimator not in ("equilibration", "jacobi"):
-            raise ValueError(f"Invalid estimator: {estimator!r} (expected 'equilibration' or 'jacobi')")
-        if not 0.0 <= hessian_power <= 1.0:
-            raise ValueError(f"Invalid hessian_power: {hessian_power} (expected 0 <= hessian_power <= 1)")
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            estimator=estimator,
-            hessian_power=hessian_power,
-            update_d_every=update_d_every,
-            d_warmup=d_warmup,
-        )
-        super().__init__(params, defaults)
-
-    def _update_group(self, group, params, grads, samples) -> None:
-        live, exp_avgs, curvatures, counts = self._moment_state(params, samples is not None)
-        beta1, beta2 = group["betas"]
-        adahessian(
-            [params[i] for i in live],
-            [grads[i] for i in live],
-            exp_avgs,
-            curvatures,
-            None if samples is None else [samples[i] for i in live],
-            counts,
-            step=group[_STEP_KEY] + 1,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            estimator=group["estimator"],
-            hessian_power=group["hessian_power"],
-        )
+ESTIMATOR_CHOICES = ("equilibration", "jacobi")
 
 
 def adahessian(
@@ -89,15 +40,84 @@ def adahessian(
     estimator: str,
     hessian_power: float,
 ) -> None:
-    """The AdaHessian update, in place. ``samples`` are h² or v ⊙ h on curvature steps, else None."""
-    for i, (param, grad, exp_avg, curvature) in enumerate(zip(params, grads, exp_avgs, curvatures)):
-        if samples is not None:
-            ema_(curvature, samples[i], beta2)
-        ema_(exp_avg, grad, beta1)
-        debiased = curvature / ema_debias(beta2, hvp_counts[i])
-        magnitude = debiased.sqrt_() if estimator == "equilibration" else debiased.abs_()
-        denom = magnitude.pow_(hessian_power).add_(eps)
-        update = (exp_avg / ema_debias(beta1, step)).div_(denom)
-        if weight_decay:
-            update.add_(param, alpha=weight_decay)
-        param.add_(update, alpha=-lr)
+    """The AdaHessian update, in place, in fused multi-tensor kernels. ``samples`` are h² or v ⊙ h
+    on curvature steps, else None."""
+    if not params:
+        return
+    if samples is not None:
+        ema_foreach_(curvatures, samples, beta2)
+    ema_foreach_(exp_avgs, grads, beta1)
+    denoms = torch._foreach_div(curvatures, [ema_debias(beta2, n) for n in hvp_counts])
+    if estimator == "equilibration":
+        torch._foreach_sqrt_(denoms)
+    else:
+        torch._foreach_abs_(denoms)
+    torch._foreach_pow_(denoms, hessian_power)
+    torch._foreach_add_(denoms, eps)
+    updates = torch._foreach_div(exp_avgs, ema_debias(beta1, step))
+    torch._foreach_div_(updates, denoms)
+    if weight_decay:
+        torch._foreach_add_(updates, params, alpha=weight_decay)
+    torch._foreach_add_(params, updates, alpha=-lr)
+
+
+class AdaHessian(CurvatureOptimizer):
+    """AdaHessian (Yao et al., 2021): Adam with its squared-gradient EMA replaced by an EMA of
+    Hutchinson samples of the Hessian's diagonal (or of diag(H²)).
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (the paper's 0.15 for smooth activations).
+        betas: (β₁, β₂), the coefficients of the gradient EMA and of the curvature EMA.
+        eps: added to the preconditioner before dividing.
+        weight_decay: L2 penalty added to the preconditioned step, as AdaHessian's reference code.
+        estimator: ``"equilibration"`` (AdaHessian(E): EMA of (Hv)², what AdaHessian's own code
+            computes) or ``"jacobi"`` (AdaHessian(J): EMA of v ⊙ Hv, the published estimator).
+        hessian_power: exponent k of the preconditioner, 0 ≤ k ≤ 1.
+        update_d_every: steps between Hessian-vector products after the warm-up.
+        d_warmup: every one of the first ``d_warmup`` steps takes a Hessian-vector product.
+    """
+
+    estimator = "equilibration"
+    kernel = staticmethod(adahessian)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.15,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        estimator: Literal["equilibration", "jacobi"] = "equilibration",
+        hessian_power: float = 1.0,
+        update_d_every: int = 1,
+        d_warmup: int = 1,
+    ) -> None:
+        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
+        check_choice("estimator", estimator, ESTIMATOR_CHOICES)
+        if not 0.0 <= hessian_power <= 1.0:
+            raise ValueError(f"Invalid hessian_power: {hessian_power} (expected 0 <= hessian_power <= 1)")
+        # A construction choice like the class's kernel, so an instance attribute, not a group hyperparameter.
+        self.estimator = estimator
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            hessian_power=hessian_power,
+            update_d_every=update_d_every,
+            d_warmup=d_warmup,
+        )
+        super().__init__(params, defaults)
+
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            estimator=self.estimator,
+            hessian_power=group["hessian_power"],
+        )

@@ -1,9 +1,10 @@
-"""Shared machinery of the curvature-aware optimizers.
+"""Shared machinery of the curvature-aware optimizers: probe → H·v → estimator → kernel.
 
-One ``step()`` is: (on curvature steps) draw one Rademacher probe v over *all* parameters with a
-gradient, so that H is the full Hessian; take h = H v by double backward; turn (v, h) into a
-per-parameter sample with the group's estimator; then hand gradients and samples to the
-subclass's pure update rule. Training loop contract::
+One ``step()`` is: on curvature steps, draw one Rademacher probe v over *all* parameters with a
+gradient (so that H is the full Hessian, not a block of it); take h = H v by double backward; turn
+(v, h) into a per-parameter sample s with the optimizer's estimator (s = h² for equilibration,
+s = v ⊙ h for Jacobi); then hand gradients, samples and per-parameter state to the subclass's pure
+kernel. The training-loop contract (``nf_precond_plugin.training.step`` implements it)::
 
     opt.zero_grad(set_to_none=True)
     loss.backward(create_graph=opt.should_create_graph())
@@ -13,8 +14,8 @@ subclass's pure update rule. Training loop contract::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,15 +27,18 @@ from nf_precond_plugin.curvature import (
     rademacher_like,
 )
 
-# Per-group bookkeeping kept inside the param groups so that state_dict()/load_state_dict()
-# carry the schedule with the hyperparameters it belongs to.
-_STEP_KEY = "step_count"
-_LAST_HVP_KEY = "last_hvp_step"
+# Per-group bookkeeping kept inside the param groups, so that state_dict()/load_state_dict()
+# carry the H·v schedule together with the hyperparameters it belongs to.
+STEP_COUNT = "step_count"
+"""Param-group key: optimizer steps taken so far (0-based index of the coming step)."""
+LAST_HVP_STEP = "last_hvp_step"
+"""Param-group key: the step index of the group's latest Hessian-vector product, or None."""
 
 
 def validate_common(
     lr: float, betas: tuple[float, float], eps: float, weight_decay: float, update_d_every: int, d_warmup: int
 ) -> None:
+    """ValueErrors in torch.optim's style for the hyperparameters every curvature optimizer has."""
     if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: lr={lr} (expected lr >= 0)")
     if not 0.0 <= eps:
@@ -46,27 +50,36 @@ def validate_common(
             raise ValueError(f"Invalid beta parameter at index {index}: {beta} (expected 0 <= beta < 1)")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay} (expected weight_decay >= 0)")
-    if isinstance(update_d_every, bool) or not (isinstance(update_d_every, int) and update_d_every >= 1):
-        raise ValueError(f"Invalid update_d_every: {update_d_every!r} (expected an integer >= 1)")
-    if isinstance(d_warmup, bool) or not (isinstance(d_warmup, int) and d_warmup >= 1):
-        raise ValueError(f"Invalid d_warmup: {d_warmup!r} (expected an integer >= 1)")
+    for name, value in (("update_d_every", update_d_every), ("d_warmup", d_warmup)):
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= 1)")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Invalid {name}: {value!r} (expected one of {', '.join(map(repr, choices))})")
 
 
 class CurvatureOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses set ``estimator`` per group and implement ``_update_group``."""
+    """Base class of the optimizers that take Hessian-vector products.
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
+    A subclass names its curvature ``estimator`` (a key of ``curvature.ESTIMATORS``), its pure
+    ``kernel`` (a function over lists of tensors, in the style of ``torch.optim.adam.adam``) and
+    ``_kernel_options(group)``, the keyword arguments the kernel takes from a param group.
+    """
+
+    estimator: ClassVar[str] = "equilibration"
+    kernel: ClassVar[Callable[..., None]]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault(_STEP_KEY, 0)
-        group.setdefault(_LAST_HVP_KEY, None)
+        group.setdefault(STEP_COUNT, 0)
+        group.setdefault(LAST_HVP_STEP, None)
 
     # -- schedule -------------------------------------------------------------------------
     def _group_due(self, group: dict[str, Any]) -> bool:
-        return is_curvature_step(group[_STEP_KEY], group[_LAST_HVP_KEY], group["update_d_every"], group["d_warmup"])
+        return is_curvature_step(group[STEP_COUNT], group[LAST_HVP_STEP], group["update_d_every"], group["d_warmup"])
 
     def should_create_graph(self) -> bool:
         """Whether the coming ``step()`` takes a Hessian-vector product, so backward must build a graph."""
@@ -95,12 +108,13 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         all_grads = [p.grad for p in all_params]
         try:
             samples: dict[torch.Tensor, torch.Tensor] = {}
-            if any(due for _, _, due in groups):
-                samples = self._curvature_samples(groups, all_params, all_grads)
+            due_params = [p for _, params, due in groups if due for p in params]
+            if due_params:
+                samples = self._curvature_samples(all_params, all_grads, set(due_params))
             if not _all_finite(all_grads + list(samples.values())):
                 warnings.warn(
                     f"{type(self).__name__}: non-finite gradient or Hessian-vector product; "
-                    f"step {self.param_groups[0][_STEP_KEY]} skipped, optimizer state unchanged",
+                    f"step {self.param_groups[0][STEP_COUNT]} skipped, optimizer state unchanged",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -109,32 +123,38 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                 group_samples = [samples[p] for p in params] if due else None
                 self._update_group(group, params, [p.grad.detach() for p in params], group_samples)
                 if due:
-                    group[_LAST_HVP_KEY] = group[_STEP_KEY]
+                    group[LAST_HVP_STEP] = group[STEP_COUNT]
             for group in self.param_groups:
-                group[_STEP_KEY] += 1
+                group[STEP_COUNT] += 1
         finally:
             _release_graph(all_params)
         return loss
 
     def _curvature_samples(
-        self, groups: list[tuple[dict[str, Any], list[torch.Tensor], bool]], all_params, all_grads
+        self, all_params: list[torch.Tensor], all_grads: list[torch.Tensor], due: set[torch.Tensor]
     ) -> dict[torch.Tensor, torch.Tensor]:
+        """The estimator's sample for every parameter of a due group, from one probe over all parameters."""
         if not any(g.requires_grad for g in all_grads):
             raise RuntimeError(f"{type(self).__name__}: {MISSING_GRAPH_HINT}")
         probes = rademacher_like(all_params)
         with torch.enable_grad():
             products = hvp(all_grads, all_params, probes)
-        estimator_of = {p: ESTIMATORS[group["estimator"]] for group, params, due in groups if due for p in params}
-        return {p: estimator_of[p](v, h) for p, v, h in zip(all_params, probes, products) if p in estimator_of}
+        estimate = ESTIMATORS[self.estimator]
+        return {p: estimate(v, h) for p, v, h in zip(all_params, probes, products) if p in due}
 
-    def _moment_state(
-        self, params: list[torch.Tensor], curvature_step: bool
-    ) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor], list[int]]:
-        """Momentum, curvature and sample count of each parameter that has a curvature estimate.
+    def _update_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        samples: list[torch.Tensor] | None,
+    ) -> None:
+        """Hand the group's live parameters and their state to the kernel.
 
-        A parameter that has never been in a curvature step is left out (not updated) until its
-        group's next sample.
+        A parameter that has never been in a curvature step has no preconditioner yet; it is left
+        out (not updated) until its group's next sample.
         """
+        curvature_step = samples is not None
         live, exp_avgs, curvatures, counts = [], [], [], []
         for index, p in enumerate(params):
             state = self.state[p]
@@ -150,15 +170,18 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             exp_avgs.append(state["exp_avg"])
             curvatures.append(state["curvature"])
             counts.append(state["hvp_count"])
-        return live, exp_avgs, curvatures, counts
+        type(self).kernel(
+            [params[i] for i in live],
+            [grads[i] for i in live],
+            exp_avgs,
+            curvatures,
+            None if samples is None else [samples[i] for i in live],
+            counts,
+            step=group[STEP_COUNT] + 1,
+            **self._kernel_options(group),
+        )
 
-    def _update_group(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        samples: list[torch.Tensor] | None,
-    ) -> None:
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
 

@@ -24,61 +24,11 @@ from typing import Any, Literal
 import torch
 
 from nf_precond_plugin.curvature import decayed_max_foreach_, ema_debias, ema_foreach_
-from nf_precond_plugin.optim.base import _STEP_KEY, CurvatureOptimizer, validate_common
+from nf_precond_plugin.optim.base import CurvatureOptimizer, check_choice, validate_common
 
 _MAX_LR_WARMUP_BASE = 0.99
-
-
-class ESGD(CurvatureOptimizer):
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.15,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-4,
-        weight_decay: float = 0.0,
-        update_d_every: int = 100,
-        d_warmup: int = 50,
-        variant: Literal["ema", "max"] = "ema",
-        bias_correction: Literal["paper", "hvp"] = "paper",
-    ) -> None:
-        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
-        if variant not in ("ema", "max"):
-            raise ValueError(f"Invalid variant: {variant!r} (expected 'ema' or 'max')")
-        if bias_correction not in ("paper", "hvp"):
-            raise ValueError(f"Invalid bias_correction: {bias_correction!r} (expected 'paper' or 'hvp')")
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            update_d_every=update_d_every,
-            d_warmup=d_warmup,
-            variant=variant,
-            bias_correction=bias_correction,
-            estimator="equilibration",
-        )
-        super().__init__(params, defaults)
-
-    def _update_group(self, group, params, grads, samples) -> None:
-        live, exp_avgs, curvatures, counts = self._moment_state(params, samples is not None)
-        beta1, beta2 = group["betas"]
-        esgd(
-            [params[i] for i in live],
-            [grads[i] for i in live],
-            exp_avgs,
-            curvatures,
-            None if samples is None else [samples[i] for i in live],
-            counts,
-            step=group[_STEP_KEY] + 1,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            variant=group["variant"],
-            bias_correction=group["bias_correction"],
-        )
+VARIANTS = ("ema", "max")
+BIAS_CORRECTIONS = ("paper", "hvp")
 
 
 def esgd(
@@ -128,3 +78,63 @@ def esgd(
         torch._foreach_div_(nesterov, denoms)
         torch._foreach_mul_(nesterov, [-s / ema_debias(beta1, step + 1) for s in scaled_lrs])
         torch._foreach_add_(params, nesterov)
+
+
+class ESGD(CurvatureOptimizer):
+    """ESGD (Dauphin et al., 2015): momentum SGD divided by the equilibration preconditioner.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (the paper's 0.15 for smooth activations).
+        betas: (β₁, β₂), the coefficients of the gradient EMA and of the curvature EMA (or decay of
+            the running max).
+        eps: added to √D before dividing.
+        weight_decay: decoupled weight decay, θ ← θ (1 − lr·wd).
+        update_d_every: steps between Hessian-vector products after the warm-up.
+        d_warmup: every one of the first ``d_warmup`` steps takes a Hessian-vector product.
+        variant: ``"ema"`` (ESGD) or ``"max"`` (ESGD-max, a decayed running max of (Hv)²).
+        bias_correction: debias the curvature EMA by all optimizer steps (``"paper"``, as the
+            paper's code) or by the number of Hessian-vector products taken (``"hvp"``).
+    """
+
+    estimator = "equilibration"
+    kernel = staticmethod(esgd)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.15,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        update_d_every: int = 100,
+        d_warmup: int = 50,
+        variant: Literal["ema", "max"] = "ema",
+        bias_correction: Literal["paper", "hvp"] = "paper",
+    ) -> None:
+        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
+        check_choice("variant", variant, VARIANTS)
+        check_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            update_d_every=update_d_every,
+            d_warmup=d_warmup,
+            variant=variant,
+            bias_correction=bias_correction,
+        )
+        super().__init__(params, defaults)
+
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            variant=group["variant"],
+            bias_correction=group["bias_correction"],
+        )

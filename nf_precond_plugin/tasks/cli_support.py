@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.errors import UserInputError, exit_code_of, reported_as_one_line
 
 ConfigT = TypeVar("ConfigT")
 
@@ -50,32 +50,22 @@ def split_names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
     unknown = [name for name in names if name not in allowed]
     if not names or unknown:
         raise UserInputError(
-            f"{option}: unknown {', '.join(unknown) or '(empty)'}; expected a comma-separated subset of {', '.join(allowed)}"
+            f"{option}: unknown {', '.join(unknown) or '(empty)'}; "
+            f"expected a comma-separated subset of {', '.join(allowed)}"
         )
     if len(set(names)) != len(names):
         raise UserInputError(f"{option}: each optimizer may appear once, got {text}")
     return names
 
 
-def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
-    """Run ``main`` turning user mistakes into one line on stderr and a non-zero exit."""
-    from rich.console import Console
+def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``main`` with the project's one error idiom; returns the exit status."""
 
-    from nf_precond_plugin.training.runner import TrainingDiverged
+    def guarded() -> None:
+        with reported_as_one_line(prog or Path(sys.argv[0]).name):
+            main(sys.argv[1:] if argv is None else argv)
 
-    console = Console(stderr=True, highlight=False)
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except UserInputError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
-    except TrainingDiverged as error:
-        console.print(f"[red]training stopped:[/red] {error}")
-        return 3
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/yellow] the run directory has no summary.json; resume it with --resume")
-        return 130
-    return 0
+    return exit_code_of(guarded)
 
 
 def standalone_main(

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from nf_precond_plugin.fields import CoordinateMLP
-
-ActivationName = Literal["gaussian", "sine", "wavelet", "relu-pe", "relu"]
+from nf_precond_plugin.fields import ActivationName, CoordinateMLP
+from nf_precond_plugin.presets import HIDDEN_FEATURES, IMAGE_BATCH, IMAGE_SIGMA, NUM_LAYERS, SINE_OMEGA
 
 
 @dataclass
@@ -16,20 +14,21 @@ class FitConfig:
     activation: ActivationName = "gaussian"
     """Activation of the coordinate MLP."""
     optimizer: str = "esgd"
-    """One of adam, sgd, esgd, esgd-max, adahessian, adahessian-j, shampoo, kfac."""
+    """A name from the optimizer registry (adam, esgd, kfac, …); an unknown name gets the list."""
     compare: str | None = None
-    """Comma-separated optimizers trained side by side from the same init and data, e.g. adam,esgd (overrides --optimizer)."""
+    """Comma-separated optimizers trained side by side from the same init and data, e.g. adam,esgd
+    (overrides --optimizer)."""
     lr: float | None = None
-    """Learning rate; default: the paper's for each optimizer and activation."""
+    """Learning rate; default: each optimizer's default for the activation (the paper's where it gives one)."""
     epochs: int = 200
-    batch_size: int = 512
+    batch_size: int = IMAGE_BATCH
     """Samples per minibatch."""
-    hidden_features: int = 256
-    num_layers: int = 5
+    hidden_features: int = HIDDEN_FEATURES
+    num_layers: int = NUM_LAYERS
     """Linear layers including the output (the paper: 5 × 256)."""
-    sigma: float = 0.05
+    sigma: float = IMAGE_SIGMA
     """Gaussian σ."""
-    omega: float = 30.0
+    omega: float = SINE_OMEGA
     """Sine frequency ω (SIREN: 30)."""
     eval_every: int = 1
     """Evaluate every this many epochs."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
-from nf_precond_plugin.presets import IMAGE_BATCH, IMAGE_SIGMA
+from nf_precond_plugin.presets import IMAGE_SIZE
 from nf_precond_plugin.tasks.common import FitConfig, build_field
 
 
@@ -22,12 +22,8 @@ class ImageConfig(FitConfig):
 
     image: Path | None = None
     """Image file (anything imageio reads). Default: scikit-image's astronaut, shipped in its wheel."""
-    size: int = 256
+    size: int = IMAGE_SIZE
     """Side of the square target after resizing (the paper: 256)."""
-    batch_size: int = IMAGE_BATCH
-    """Pixels per minibatch (the paper: 512)."""
-    sigma: float = IMAGE_SIGMA
-    """Gaussian σ (the paper: 0.05)."""
 
 
 class ImageTask:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nf_precond_plugin.presets import OCCUPANCY_BATCH, OCCUPANCY_POINTS_PER_EPOCH, OCCUPANCY_SIGMA
 from nf_precond_plugin.tasks.common import FitConfig, build_field
 
 
@@ -23,12 +24,14 @@ class OccupancyConfig(FitConfig):
     """Fit a binary occupancy field to a mesh and report IoU per epoch."""
 
     mesh: Path | None = None
-    """Mesh file (obj/ply/off/stl, via trimesh). Default: the Stanford bunny in pymeshlab's wheel, else a generated torus knot."""
-    points_per_epoch: int = 1_000_000
-    """Fresh training points each epoch (the paper: 1M): 1/3 surface + N(0, 0.01²), 1/3 surface + N(0, 0.1²), 1/3 uniform."""
-    batch_size: int = 50_000
+    """Mesh file (obj/ply/off/stl, via trimesh).
+    Default: the Stanford bunny in pymeshlab's wheel, else a generated torus knot."""
+    points_per_epoch: int = OCCUPANCY_POINTS_PER_EPOCH
+    """Fresh training points each epoch (the paper: 1M):
+    1/3 surface + N(0, 0.01²), 1/3 surface + N(0, 0.1²), 1/3 uniform."""
+    batch_size: int = OCCUPANCY_BATCH
     """Points per minibatch (the paper: 50k)."""
-    sigma: float = 0.09
+    sigma: float = OCCUPANCY_SIGMA
     """Gaussian σ (the paper: 0.09)."""
     heldout_points: int = 200_000
     """Held-out points for IoU (drawn once per run: half uniform, half near the surface)."""
@@ -79,7 +82,7 @@ class OccupancyTask:
 
     @torch.no_grad()
     def evaluate(self, model, last_batch) -> dict[str, float]:
-        from nf_precond_plugin.data.meshes import iou
+        from nf_precond_plugin.data.occupancy_readout import iou
 
         logits = torch.cat([model(chunk) for chunk in self.heldout.split(65536)])[:, 0]
         result = {"iou": iou(logits > 0, self.heldout_labels)}
@@ -89,7 +92,7 @@ class OccupancyTask:
         return result
 
     def export(self, model: torch.nn.Module, run_dir: Path, tag: str) -> list[Path]:
-        from nf_precond_plugin.data.meshes import extract_mesh, render_preview
+        from nf_precond_plugin.data.occupancy_readout import extract_mesh, render_preview
 
         model.eval()
         surface = extract_mesh(lambda x: model(x)[:, 0], resolution=self.config.mesh_resolution)

@@ -1,14 +1,9 @@
 """The training runner shared by the standalone tasks.
 
 A task defines only its data (one epoch of (x, y) pairs), its model and its metric; the runner
-owns everything else: the optimizer-loop contract
-
-    opt.zero_grad(set_to_none=True)
-    loss.backward(create_graph=needs_create_graph(opt))
-    opt.step()
-
-timing of the optimizer step and of the whole step, evaluation every k epochs, a rich progress
-bar with the live metric, checkpoints and resume, and the run directory:
+owns everything else: the training step (``training.step.training_step``), timing of the optimizer
+step and of the whole step, evaluation every k epochs, a rich progress bar with the live metric,
+checkpoints and resume, and the run directory:
 
     config.yaml, metrics.csv, convergence.png, <task exports per optimizer>, summary.json (last)
 
@@ -21,26 +16,25 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import yaml
 
-from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.optim.factory import build_optimizer, needs_create_graph
+from nf_precond_plugin.errors import TrainingDiverged, UserInputError
+from nf_precond_plugin.optim.factory import build_optimizer
 from nf_precond_plugin.rundir import new_run_dir
+from nf_precond_plugin.training.step import NonFiniteLossError, training_step
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 METRIC_FIELDS = ["optimizer", "epoch", "step", "wall_seconds", "optimizer_step_seconds", "loss"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class Task(Protocol):
@@ -159,28 +153,125 @@ def _open_run_dir(task: Task, settings: RunSettings) -> Path:
     return run_dir
 
 
-def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@dataclass
+class OptimizerRun:
+    """One optimizer's training: its model, optimizer and everything a checkpoint restores."""
 
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    checkpoint_path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    wall_seconds: float = 0.0
+    optimizer_step_seconds: float = 0.0
+    last_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict, run_dir: Path) -> OptimizerRun:
+    """A model at the shared initial weights and a fresh optimizer over it."""
     model = task.build_model()
     model.load_state_dict(initial_state)
     overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
     optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
-    checkpoint_path = run_dir / "checkpoints" / f"{name}.pt"
-    history: list[dict[str, Any]] = []
-    start_epoch, step, wall, opt_seconds = 0, 0, 0.0, 0.0
-    if settings.resume is not None and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        history, start_epoch, step = checkpoint["history"], checkpoint["epoch"], checkpoint["step"]
-        wall, opt_seconds = checkpoint["wall_seconds"], checkpoint["optimizer_step_seconds"]
-        console.print(f"[{name}] resumed from {checkpoint_path} at epoch {start_epoch}")
+    return OptimizerRun(name, model, optimizer, run_dir / "checkpoints" / f"{name}.pt")
+
+
+def resume_run(run: OptimizerRun) -> bool:
+    """Restore ``run`` from its checkpoint if there is one; whether it did."""
+    if not run.checkpoint_path.exists():
+        return False
+    checkpoint = torch.load(run.checkpoint_path, weights_only=False)
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    run.history, run.epoch, run.step = checkpoint["history"], checkpoint["epoch"], checkpoint["step"]
+    run.wall_seconds, run.optimizer_step_seconds = checkpoint["wall_seconds"], checkpoint["optimizer_step_seconds"]
+    return True
+
+
+def save_checkpoint(run: OptimizerRun) -> None:
+    """Write the checkpoint through a temporary file, so that a crash never leaves half of one."""
+    partial = run.checkpoint_path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": run.history,
+            "epoch": run.epoch,
+            "step": run.step,
+            "wall_seconds": run.wall_seconds,
+            "optimizer_step_seconds": run.optimizer_step_seconds,
+        },
+        partial,
+    )
+    partial.replace(run.checkpoint_path)
+
+
+def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[str, Any]:
+    """One epoch of minibatch steps (the data order is seeded by (seed, epoch)); returns its metrics row."""
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + run.epoch)
+    inputs, targets = task.epoch_data(run.epoch, generator)
+    epoch_loss, batches = 0.0, 0
+    for begin in range(0, inputs.shape[0] - settings.batch_size + 1, settings.batch_size):
+        x, y = inputs[begin : begin + settings.batch_size], targets[begin : begin + settings.batch_size]
+
+        def compute_loss(x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
+            prediction = run.model(x)
+            return task.loss(prediction, y), prediction
+
+        started = time.perf_counter()
+        try:
+            result = training_step([run.optimizer], compute_loss)
+        except NonFiniteLossError as error:
+            kept = run.checkpoint_path if run.checkpoint_path.exists() else "(none yet)"
+            raise TrainingDiverged(
+                f"{run.name}: {error} at epoch {run.epoch + 1}, step {run.step}; "
+                f"the last good checkpoint is kept at {kept}"
+            ) from None
+        run.wall_seconds += time.perf_counter() - started
+        run.optimizer_step_seconds += result.optimizer_seconds
+        epoch_loss += float(result.loss)
+        batches += 1
+        run.step += 1
+        run.last_batch = (x, y, result.aux.detach())
+    if batches == 0:
+        raise UserInputError(f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)")
+    run.epoch += 1
+    row = {
+        "optimizer": run.name,
+        "epoch": run.epoch,
+        "step": run.step,
+        "wall_seconds": run.wall_seconds,
+        "optimizer_step_seconds": run.optimizer_step_seconds,
+        "loss": epoch_loss / batches,
+    }
+    if run.epoch % settings.eval_every == 0 or run.epoch == settings.epochs:
+        run.model.eval()
+        row.update(task.evaluate(run.model, run.last_batch))
+        run.model.train()
+    return row
+
+
+def _train_one(
+    task: Task,
+    settings: RunSettings,
+    name: str,
+    initial_state: dict,
+    run_dir: Path,
+    console: Console,
+    on_epoch: Callable[[list[dict[str, Any]]], None],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    run = build_run(task, settings, name, initial_state, run_dir)
+    if settings.resume is not None and resume_run(run):
+        console.print(f"[{name}] resumed from {run.checkpoint_path} at epoch {run.epoch}")
     else:
         torch.manual_seed(settings.seed)  # the same probe stream for every compared optimizer
 
-    last_batch = None
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -189,83 +280,31 @@ def _train_one(task, settings, name, initial_state, run_dir, console, on_epoch):
         TextColumn("{task.fields[status]}"),
     ]
     with Progress(*columns, console=console, disable=not settings.progress, transient=False) as progress:
-        bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=start_epoch, status="")
-        for epoch in range(start_epoch, settings.epochs):
-            generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
-            inputs, targets = task.epoch_data(epoch, generator)
-            epoch_loss, batches = 0.0, 0
-            for begin in range(0, inputs.shape[0] - settings.batch_size + 1, settings.batch_size):
-                x, y = inputs[begin : begin + settings.batch_size], targets[begin : begin + settings.batch_size]
-                step_start = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                prediction = model(x)
-                loss = task.loss(prediction, y)
-                if not math.isfinite(loss.item()):
-                    raise TrainingDiverged(
-                        f"{name}: the loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                        f"the last good checkpoint is kept at {checkpoint_path if checkpoint_path.exists() else '(none yet)'}"
-                    )
-                loss.backward(create_graph=needs_create_graph(optimizer))
-                opt_start = time.perf_counter()
-                optimizer.step()
-                now = time.perf_counter()
-                opt_seconds += now - opt_start
-                wall += now - step_start
-                epoch_loss += loss.item()
-                batches += 1
-                step += 1
-                last_batch = (x, y, prediction.detach())
-            if batches == 0:
-                raise UserInputError(
-                    f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)"
-                )
-            row = {
-                "optimizer": name,
-                "epoch": epoch + 1,
-                "step": step,
-                "wall_seconds": wall,
-                "optimizer_step_seconds": opt_seconds,
-                "loss": epoch_loss / batches,
-            }
-            if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
-                model.eval()
-                row.update(task.evaluate(model, last_batch))
-                model.train()
-            history.append(row)
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "wall_seconds": wall,
-                    "optimizer_step_seconds": opt_seconds,
-                },
-                checkpoint_path.with_suffix(".tmp"),
-            )
-            checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written checkpoint
-            on_epoch(history)  # metrics.csv follows training live
+        bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=run.epoch, status="")
+        while run.epoch < settings.epochs:
+            row = train_epoch(task, settings, run)
+            run.history.append(row)
+            save_checkpoint(run)
+            on_epoch(run.history)  # metrics.csv follows training live
             metric = row.get(task.metric)
             status = f"loss {row['loss']:.4g}" + (f"  {task.metric} {metric:.3f}" if metric is not None else "")
             progress.update(bar, advance=1, status=status)
 
-    evaluated = [row for row in history if task.metric in row]
+    evaluated = [row for row in run.history if task.metric in row]
     final = evaluated[-1] if evaluated else {}
-    exports = task.export(model, run_dir, name)
+    exports = task.export(run.model, run_dir, name)
     result = {
         "lr": settings.learning_rates[name],
         "final": {k: v for k, v in final.items() if k != "optimizer"},
         "best": max((row[task.metric] for row in evaluated), default=None),
-        "steps": step,
-        "wall_seconds": wall,
-        "optimizer_step_seconds": opt_seconds,
-        "seconds_per_step": wall / max(step, 1),
+        "steps": run.step,
+        "wall_seconds": run.wall_seconds,
+        "optimizer_step_seconds": run.optimizer_step_seconds,
+        "seconds_per_step": run.wall_seconds / max(run.step, 1),
         "exports": [p.name for p in exports],
-        "checkpoint": str(checkpoint_path.relative_to(run_dir)),
+        "checkpoint": str(run.checkpoint_path.relative_to(run_dir)),
     }
-    return history, result
+    return run.history, result
 
 
 def _write_metrics(path: Path, histories: dict[str, list[dict[str, Any]]], metric: str) -> None:

@@ -123,7 +123,15 @@ def test_methods_and_dataparser_are_registered_in_process():
 def test_network_guard_is_active(cli_env: dict[str, str], tmp_path: Path):
     """The guard the other runs are checked with does catch a connection (so its silence means something)."""
     log = tmp_path / "network"
-    attempt = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError as e:\n    print(e)"
+    attempt = "\n".join(
+        [
+            "import socket",
+            "try:",
+            "    socket.create_connection(('192.0.2.1', 80), timeout=1)",
+            "except OSError as e:",
+            "    print(e)",
+        ]
+    )
     subprocess.run(
         [sys.executable, "-c", attempt],
         env={**cli_env, "NF_PRECOND_TEST_NETWORK_LOG": str(log)},

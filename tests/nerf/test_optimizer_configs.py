@@ -1,0 +1,56 @@
+"""nerfstudio's optimizer configs copy the curvature optimizers' constructors; the copies must agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+pytest.importorskip("nerfstudio")
+
+from nerfstudio.engine.optimizers import OptimizerConfig  # noqa: E402
+
+from nf_precond_plugin.nerf import methods  # noqa: E402
+from nf_precond_plugin.nerf.optimizers import CURVATURE_OPTIMIZER_CONFIGS  # noqa: E402
+from nf_precond_plugin.optim.base import CurvatureOptimizer  # noqa: E402
+
+# Fields of nerfstudio's OptimizerConfig that are not constructor arguments: the class to build,
+# and max_norm, which nerfstudio pops before building and applies as gradient clipping.
+NOT_CONSTRUCTOR_ARGUMENTS = {"_target", "max_norm"}
+
+
+@pytest.mark.parametrize("config_type", CURVATURE_OPTIMIZER_CONFIGS, ids=lambda t: t.__name__)
+def test_every_config_field_is_a_constructor_parameter_with_the_same_default(config_type):
+    target = config_type._target
+    assert issubclass(target, CurvatureOptimizer)
+    parameters = inspect.signature(target).parameters
+    config = config_type()
+    own_fields = {f.name for f in dataclasses.fields(config_type)} - NOT_CONSTRUCTOR_ARGUMENTS
+    assert own_fields, config_type
+    for name in own_fields:
+        assert name in parameters, f"{config_type.__name__}.{name} is not an argument of {target.__name__}"
+        assert getattr(config, name) == parameters[name].default, f"{config_type.__name__}.{name}"
+    # ... and every constructor argument but params is reachable from the command line
+    assert set(parameters) - {"params"} == own_fields
+    # nerfstudio builds the optimizer exactly like this: the config's fields as keyword arguments
+    built = target([torch.nn.Parameter(torch.zeros(2))], **{name: getattr(config, name) for name in own_fields})
+    assert isinstance(built, target)
+
+
+def test_the_base_config_fields_are_the_ones_excluded():
+    assert {f.name for f in dataclasses.fields(OptimizerConfig)} - {"lr", "eps", "weight_decay"} == (
+        NOT_CONSTRUCTOR_ARGUMENTS
+    )
+
+
+def test_methods_override_only_the_tuned_learning_rate():
+    """The method presets change the lr (tuned on fern, README) and nothing else of the optimizer."""
+    for spec in (methods.gaussian_esgd, methods.gaussian_adahessian, methods.gaussian_esgd_cpu):
+        optimizer = spec.config.optimizers["fields"]["optimizer"]
+        fresh = type(optimizer)()
+        changed = {
+            f.name for f in dataclasses.fields(optimizer) if getattr(optimizer, f.name) != getattr(fresh, f.name)
+        }
+        assert changed <= {"lr"}, (spec.config.method_name, changed)
