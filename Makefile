@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo diagnostics test benchmark clean
+.PHONY: demo diagnostics lint test benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ diagnostics: $(STAMP)
 	$(BIN)/nf-precond sparsity --activation relu-pe --output-dir outputs/diagnostics
 	$(BIN)/nf-precond condition --output-dir outputs/diagnostics
 
-test: $(STAMP)
+# ruff (configured in pyproject.toml): lint and format check; `make test` runs it first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -m "not benchmark"
 
 benchmark: $(STAMP)

@@ -29,9 +29,11 @@ import torch
 
 from nf_precond_plugin.curvature import functional_hvp, hvp, rademacher_like
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
-from nf_precond_plugin.fields import CoordinateMLP
 from nf_precond_plugin.optim import ESGD
-from nf_precond_plugin.presets import IMAGE_BATCH, image_field_kwargs, paper_lr
+from nf_precond_plugin.optim.factory import default_lr
+from nf_precond_plugin.presets import IMAGE_BATCH
+from nf_precond_plugin.tasks.common import FitConfig, build_field
+from nf_precond_plugin.training.step import training_step
 
 
 def make_problem(device: str, seed: int = 0):
@@ -39,7 +41,7 @@ def make_problem(device: str, seed: int = 0):
     target, _ = load_target_image(None, 256)
     coords = pixel_coordinates(256, 256).to(device)
     colors = target.reshape(-1, 3).to(device)
-    model = CoordinateMLP(**image_field_kwargs("gaussian")).to(device)
+    model = build_field(FitConfig(activation="gaussian"), 2, 3).to(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def batch():
@@ -56,15 +58,11 @@ def sync(device: str) -> None:
 
 def train_steps(model, batch, optimizer, steps: int, device: str) -> float:
     """Seconds for ``steps`` full training steps (forward, backward, optimizer)."""
-    create_graph = getattr(optimizer, "should_create_graph", lambda: False)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         x, y = batch()
-        optimizer.zero_grad(set_to_none=True)
-        loss = (model(x) - y).square().mean()
-        loss.backward(create_graph=create_graph())
-        optimizer.step()
+        training_step([optimizer], lambda x=x, y=y: ((model(x) - y).square().mean(), None), check_finite=False)
     sync(device)
     return time.perf_counter() - start
 
@@ -87,8 +85,8 @@ def amortised_ratio(device: str, cycles: int, lr_scale: float) -> dict:
     """
     model_a, batch_a = make_problem(device)
     model_e, batch_e = make_problem(device)
-    adam = torch.optim.Adam(model_a.parameters(), lr=lr_scale * paper_lr("adam", "gaussian"))
-    esgd = ESGD(model_e.parameters(), lr=lr_scale * paper_lr("esgd", "gaussian"))
+    adam = torch.optim.Adam(model_a.parameters(), lr=lr_scale * default_lr("adam", "gaussian"))
+    esgd = ESGD(model_e.parameters(), lr=lr_scale * default_lr("esgd", "gaussian"))
     train_steps(model_a, batch_a, adam, 50, device)
     train_steps(model_e, batch_e, esgd, 50, device)  # past the warm-up: one HVP per 100 steps now
     ms = interleaved_ms({"adam": (model_a, batch_a, adam), "esgd": (model_e, batch_e, esgd)}, 100 * cycles, device)

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import yaml
 
-ACTIVATIONS = ("gaussian", "sine", "wavelet", "relu-pe", "relu")
-OPTIMIZERS = ("adam", "sgd", "esgd", "esgd-max", "adahessian", "adahessian-j", "shampoo", "kfac")
+from nf_precond_plugin import presets
+from nf_precond_plugin.fields import ACTIVATIONS
+from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr, optimizer_spec
+
 HERE = Path(__file__).resolve().parent
 
 
 def paper_lr(optimizer: str, activation: str) -> float | None:
-    """The paper's learning rates; None leaves the project default (see optim/factory.py)."""
-    from nf_precond_plugin.presets import paper_lr as published
-
-    try:
-        return published(optimizer, activation)
-    except ValueError:  # the paper gives none for SGD, Shampoo, K-FAC
-        return None
+    """The paper's learning rate; None (the paper gives none) leaves the project default."""
+    return default_lr(optimizer, activation) if optimizer_spec(optimizer).lr_source == "paper" else None
 
 
 def main() -> None:
@@ -36,24 +33,24 @@ def main() -> None:
                 if task == "image":
                     config = {
                         "image": "../shared/data/div2k/test_data/14.png",  # the DIV2K lion
-                        "size": 256,
+                        "size": presets.IMAGE_SIZE,
                         "epochs": 200,
-                        "batch_size": 512,
-                        "hidden_features": 256,
-                        "num_layers": 5,
-                        "sigma": 0.05,
-                        "omega": 30.0,
+                        "batch_size": presets.IMAGE_BATCH,
+                        "hidden_features": presets.HIDDEN_FEATURES,
+                        "num_layers": presets.NUM_LAYERS,
+                        "sigma": presets.IMAGE_SIGMA,
+                        "omega": presets.SINE_OMEGA,
                     }
                 else:
                     config = {
                         "mesh": "../shared/data/meshes/armadillo.off",
                         "epochs": 200,
-                        "points_per_epoch": 1_000_000,
-                        "batch_size": 50_000,
-                        "hidden_features": 256,
-                        "num_layers": 5,
-                        "sigma": 0.09,
-                        "omega": 30.0,
+                        "points_per_epoch": presets.OCCUPANCY_POINTS_PER_EPOCH,
+                        "batch_size": presets.OCCUPANCY_BATCH,
+                        "hidden_features": presets.HIDDEN_FEATURES,
+                        "num_layers": presets.NUM_LAYERS,
+                        "sigma": presets.OCCUPANCY_SIGMA,
+                        "omega": presets.SINE_OMEGA,
                     }
                 config.update(activation=activation, optimizer=optimizer, lr=paper_lr(optimizer, activation))
                 header = (

@@ -178,3 +178,16 @@ def test_lion_fits(shared_data, tmp_path):
     assert result.returncode == 0, result.stderr
     psnr = [float(r["psnr"]) for r in read_metrics(only_run_dir(tmp_path / "out"))]
     assert psnr[-1] > psnr[0] and psnr[-1] > 12
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "proc"])
+def test_an_output_directory_that_cannot_be_created_gets_one_line_naming_it(tmp_path, kind):
+    if kind == "under-a-file":
+        (tmp_path / "plain-file").write_text("not a directory")
+        output = tmp_path / "plain-file" / "runs"
+    else:
+        output = Path("/proc/nf-precond-cannot-exist")
+    result = image_cli(*SMALL, "--epochs", "1", "--output-dir", str(output), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--output-dir" in lines[0] and str(output) in lines[0], result.stderr

@@ -10,11 +10,9 @@ preconditioner must average the *signed* z before taking any magnitude.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 
-EstimatorName = Literal["equilibration", "jacobi"]
 Estimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

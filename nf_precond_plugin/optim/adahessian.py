@@ -111,13 +111,8 @@ class AdaHessian(CurvatureOptimizer):
         super().__init__(params, defaults)
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            estimator=self.estimator,
-            hessian_power=group["hessian_power"],
-        )
+        return {
+            **super()._kernel_options(group),
+            "estimator": self.estimator,
+            "hessian_power": group["hessian_power"],
+        }

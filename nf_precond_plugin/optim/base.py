@@ -182,7 +182,9 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         )
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The kernel's keyword arguments from a group; subclasses add their own to these."""
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

@@ -128,13 +128,8 @@ class ESGD(CurvatureOptimizer):
         super().__init__(params, defaults)
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            variant=group["variant"],
-            bias_correction=group["bias_correction"],
-        )
+        return {
+            **super()._kernel_options(group),
+            "variant": group["variant"],
+            "bias_correction": group["bias_correction"],
+        }

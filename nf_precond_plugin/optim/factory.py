@@ -44,6 +44,8 @@ class OptimizerSpec:
     """The lr for ReLU(-PE) fields, where it differs."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments this name implies (overrides may still change them)."""
+    lr_source: Literal["paper", "measured"] = "paper"
+    """Whether the default lr is the paper's (§5) or the best of our sweep (the paper gives none)."""
 
 
 def _adam(model, params, lr, kwargs):
@@ -99,7 +101,11 @@ def _kfac_lr() -> float:
 _SPECS: dict[str, OptimizerSpec] = {
     "adam": OptimizerSpec("torch.optim.Adam (the paper's lr)", _adam, lambda: 1e-4, relu_lr=1e-3),
     "sgd": OptimizerSpec(
-        "torch.optim.SGD without momentum (the paper's plain SGD, Fig. 3)", _sgd, lambda: 0.1, fixed={"momentum": 0.0}
+        "torch.optim.SGD without momentum (the paper's plain SGD, Fig. 3)",
+        _sgd,
+        lambda: 0.1,
+        fixed={"momentum": 0.0},
+        lr_source="measured",
     ),
     "esgd": OptimizerSpec("ESGD, the paper's settings", _esgd, _esgd_lr, relu_lr=0.1),
     "esgd-max": OptimizerSpec(
@@ -114,8 +120,9 @@ _SPECS: dict[str, OptimizerSpec] = {
         _shampoo,
         lambda: 1e-2,
         fixed=dict(momentum=0.0, preconditioning_compute_steps=1, matrix_eps=1e-6),
+        lr_source="measured",
     ),
-    "kfac": OptimizerSpec("KFACAdam: K-FAC factors (NNGeometry), then Adam", _kfac, _kfac_lr),
+    "kfac": OptimizerSpec("KFACAdam: K-FAC factors (NNGeometry), then Adam", _kfac, _kfac_lr, lr_source="measured"),
 }
 if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
     raise AssertionError("the optimizer registry and OptimizerName disagree")

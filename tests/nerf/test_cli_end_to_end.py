@@ -87,7 +87,8 @@ def mentions_method(text: str, name: str) -> bool:
 
 
 def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.lstrip().lower().startswith("error")]
+    """Lines in the project's one error idiom, ``PROG: error: …`` (or a bare ``error: …``)."""
+    return [line for line in output.splitlines() if re.match(r"\s*(\S+: )?error", line, re.IGNORECASE)]
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
