@@ -1,4 +1,5 @@
-"""Fern at CPU scale: gaussian-esgd vs gaussian-adam, same seed, same data, one process (the paper's Table 1 analogue).
+"""Fern at CPU scale: methods against gaussian-adam, same seed, same data, one process (the paper's Table 1
+analogue).
 
 Each method trains through nerfstudio's own trainer (the plugin's CurvatureTrainer) for the same
 number of iterations from the same initial weights and ray batches; their steps alternate, so both
@@ -31,7 +32,9 @@ from nf_precond_plugin.runtime import configure_entry_point
 FERN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nerf_llff_data" / "fern"
 
 
-def build_trainer(method: str, scene: Path, output: Path, device: str, iterations: int, lr: float | None, seed: int):
+def build_trainer(
+    method: str, scene: Path, output: Path, device: str, iterations: int, overrides: dict[str, float], seed: int
+):
     from nf_precond_plugin.nerf import methods
 
     spec = getattr(methods, method.replace("-", "_"))
@@ -43,8 +46,8 @@ def build_trainer(method: str, scene: Path, output: Path, device: str, iteration
     config.machine.device_type = device
     config.max_num_iterations = iterations
     config.steps_per_save = 10**9
-    if lr is not None:
-        config.optimizers["fields"]["optimizer"].lr = lr
+    for key, value in overrides.items():  # e.g. lr=1e-3, clip=3e-3: optimizer config fields
+        setattr(config.optimizers["fields"]["optimizer"], key, value)
     config.optimizers["fields"]["scheduler"].max_steps = None  # decay over this run's iterations
     config.set_timestamp()
     random.seed(seed)
@@ -72,8 +75,10 @@ def run_methods(args, methods_and_lrs: list[tuple]) -> list[dict[str, Any]]:
     a run on its own.
     """
     trainers, rng_states = [], []
-    for method, lr in methods_and_lrs:
-        trainers.append(build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, lr, args.seed))
+    for method, overrides in methods_and_lrs:
+        trainers.append(
+            build_trainer(method, args.scene, args.output_dir, args.device, args.iterations, overrides, args.seed)
+        )
         rng_states.append(torch.get_rng_state())
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     mse: list[list[float]] = [[] for _ in trainers]
@@ -82,7 +87,7 @@ def run_methods(args, methods_and_lrs: list[tuple]) -> list[dict[str, Any]]:
     from rich.progress import Progress
 
     with Progress(transient=True) as progress:
-        task = progress.add_task(" vs ".join(m for m, _ in methods_and_lrs), total=args.iterations)
+        task = progress.add_task(" vs ".join(label(*m) for m in methods_and_lrs), total=args.iterations)
         for step in range(args.iterations):
             for index, trainer in enumerate(trainers):
                 torch.set_rng_state(rng_states[index])
@@ -101,7 +106,7 @@ def run_methods(args, methods_and_lrs: list[tuple]) -> list[dict[str, Any]]:
         metrics = trainer.pipeline.get_average_eval_image_metrics()
         runs.append(
             {
-                "method": methods_and_lrs[index][0],
+                "method": label(*methods_and_lrs[index]),
                 "lr": trainer.config.optimizers["fields"]["optimizer"].lr,
                 "train_mse": mse[index],
                 "seconds": seconds[index],
@@ -118,6 +123,20 @@ def first_reaching(curve: list[float], target: float) -> int | None:
     return None
 
 
+def label(method: str, overrides: dict[str, float]) -> str:
+    return method + "".join(f" {k}={v:g}" for k, v in overrides.items())
+
+
+def parse_method(text: str) -> tuple[str, dict[str, float]]:
+    """``gaussian-esgd-cpu:clip=1e-3,lr=0.5`` → the method and optimizer-config overrides."""
+    method, _, rest = text.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(";")):
+        key, _, value = item.partition("=")
+        overrides[key] = float(value) if key != "lr_decay_steps" else int(value)
+    return method, overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", type=Path, default=FERN)
@@ -125,8 +144,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--window", type=int, default=100, help="iterations in the train-PSNR window")
-    parser.add_argument("--esgd-lr", type=float, default=None)
-    parser.add_argument("--adam-lr", type=float, default=None)
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="space-separated METHOD[:key=value;...]; the first is the reference "
+        "(default: gaussian-adam, gaussian-esgd, gaussian-esgd-paper at --scale)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/benchmarks/nerf"))
@@ -135,25 +158,37 @@ def main() -> None:
     configure_entry_point()
     torch.set_num_threads(args.threads)
     if not (args.scene / "poses_bounds.npy").is_file():
-        raise SystemExit(f"error: {args.scene}: not an LLFF scene (poses_bounds.npy missing); pass --scene")
+        raise SystemExit(f"nerf_fern.py: error: --scene {args.scene}: not an LLFF scene (poses_bounds.npy missing)")
 
     suffix = "-cpu" if args.scale == "cpu" else ""
-    runs = run_methods(args, [(f"gaussian-adam{suffix}", args.adam_lr), (f"gaussian-esgd{suffix}", args.esgd_lr)])
-    adam, esgd = runs
+    default = f"gaussian-adam{suffix} gaussian-esgd{suffix} gaussian-esgd-paper{suffix}"
+    runs = run_methods(args, [parse_method(m) for m in (args.methods or default).split()])
     for run in runs:
         run["train_psnr"] = windowed_psnr(run["train_mse"], args.window)
-    target = adam["train_psnr"][-1]
-    reach = first_reaching(esgd["train_psnr"], target)
-    targets = {}
-    for fraction in (0.5, 0.75, 0.9, 1.0):
-        # PSNR levels on Adam's way from its first to its final windowed value.
-        level = adam["train_psnr"][0] + fraction * (target - adam["train_psnr"][0])
-        reach_adam, reach_esgd = first_reaching(adam["train_psnr"], level), first_reaching(esgd["train_psnr"], level)
-        targets[f"{level:.2f}"] = {
-            "adam_iterations": reach_adam,
-            "esgd_iterations": reach_esgd,
-            "adam_seconds": None if reach_adam is None else adam["seconds"][reach_adam - 1],
-            "esgd_seconds": None if reach_esgd is None else esgd["seconds"][reach_esgd - 1],
+    reference = runs[0]
+    target = reference["train_psnr"][-1]
+    compared = {}
+    for run in runs[1:]:
+        reach = first_reaching(run["train_psnr"], target)
+        milestones = {}
+        for fraction in (0.5, 0.75, 0.9, 1.0):
+            # PSNR levels on the reference's way from its first to its final windowed value.
+            level = reference["train_psnr"][0] + fraction * (target - reference["train_psnr"][0])
+            mine, theirs = first_reaching(run["train_psnr"], level), first_reaching(reference["train_psnr"], level)
+            milestones[f"{level:.2f}"] = {
+                "reference_iterations": theirs,
+                "iterations": mine,
+                "reference_seconds": None if theirs is None else reference["seconds"][theirs - 1],
+                "seconds": None if mine is None else run["seconds"][mine - 1],
+            }
+        compared[run["method"]] = {
+            "final_train_psnr": run["train_psnr"][-1],
+            "iterations_to_reference_final": reach,
+            "iteration_ratio": None if reach is None else reach / args.iterations,
+            "seconds_to_reference_final": None if reach is None else run["seconds"][reach - 1],
+            "seconds_ratio": None if reach is None else run["seconds"][reach - 1] / reference["seconds"][-1],
+            "seconds": run["seconds"][-1],
+            "milestones": milestones,
         }
     summary = {
         "date": time.strftime("%Y-%m-%d"),
@@ -162,14 +197,10 @@ def main() -> None:
         "scene": str(args.scene),
         "scale": args.scale,
         "iterations": args.iterations,
-        "adam_final_train_psnr": target,
-        "esgd_final_train_psnr": esgd["train_psnr"][-1],
-        "esgd_iterations_to_adam_final": reach,
-        "esgd_iteration_ratio": None if reach is None else reach / args.iterations,
-        "esgd_seconds_to_adam_final": None if reach is None else esgd["seconds"][reach - 1],
-        "adam_seconds": adam["seconds"][-1],
-        "esgd_seconds": esgd["seconds"][-1],
-        "milestones": targets,
+        "reference": reference["method"],
+        "reference_final_train_psnr": target,
+        "reference_seconds": reference["seconds"][-1],
+        "compared": compared,
         "test": {run["method"]: run["test"] for run in runs},
         "lr": {run["method"]: run["lr"] for run in runs},
     }

@@ -62,7 +62,7 @@ def test_a_paper_config_runs_when_shrunk_by_flags(shared_data, tmp_path):
             sys.executable,
             "standalone/image.py",
             "--config",
-            "configs/image/wavelet-esgd.yaml",
+            "configs/image/wavelet-esgd-paper.yaml",
             "--size",
             "16",
             "--epochs",
@@ -86,4 +86,4 @@ def test_a_paper_config_runs_when_shrunk_by_flags(shared_data, tmp_path):
     (run_dir,) = tmp_path.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["data"]["source"].endswith("div2k/test_data/14.png")
-    assert summary["config"]["activation"] == "wavelet" and summary["optimizers"]["esgd"]["lr"] == 0.15
+    assert summary["config"]["activation"] == "wavelet" and summary["optimizers"]["esgd-paper"]["lr"] == 0.15

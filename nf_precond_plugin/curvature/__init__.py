@@ -1,9 +1,10 @@
-"""Curvature core in pure torch: probe → Hessian-vector product → estimator → accumulator.
+"""Curvature core in pure torch: probe → Hessian-vector product → estimator → accumulator → schedule.
 
 Nothing here imports nerfstudio.
 """
 
 from nf_precond_plugin.curvature.accumulators import (
+    clip_foreach_,
     decayed_max_,
     decayed_max_foreach_,
     ema_,
@@ -17,10 +18,15 @@ from nf_precond_plugin.curvature.estimators import (
 )
 from nf_precond_plugin.curvature.hvp import MISSING_GRAPH_HINT, functional_hvp, hvp
 from nf_precond_plugin.curvature.probes import rademacher_like
-from nf_precond_plugin.curvature.schedule import is_curvature_step
+from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
+from nf_precond_plugin.curvature.sparsity import SPARSE_CURVATURE, zero_fraction
 
 __all__ = [
     "ESTIMATORS",
+    "SPARSE_CURVATURE",
+    "clip_foreach_",
+    "inverse_time_lr",
+    "zero_fraction",
     "MISSING_GRAPH_HINT",
     "decayed_max_",
     "decayed_max_foreach_",

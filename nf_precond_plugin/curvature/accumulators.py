@@ -32,3 +32,10 @@ def decayed_max_foreach_(accumulators: list[torch.Tensor], samples: list[torch.T
     """``decayed_max_`` over lists in fused multi-tensor kernels."""
     torch._foreach_mul_(accumulators, beta)
     torch._foreach_maximum_(accumulators, samples)
+
+
+def clip_foreach_(updates: list[torch.Tensor], limit: float) -> None:
+    """u ← clip(u, −ρ, ρ) entrywise (Sophia's clip): where the curvature is tiny or not yet known,
+    a preconditioned step m/√D would be huge; clipped, it becomes a sign-momentum step of size ρ."""
+    torch._foreach_clamp_min_(updates, -limit)
+    torch._foreach_clamp_max_(updates, limit)

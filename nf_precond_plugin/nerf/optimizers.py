@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from nf_precond_plugin.optim.adahessian import AdaHessian
-from nf_precond_plugin.optim.esgd import ESGD
+from nf_precond_plugin.optim.esgd import ESGD, RULE_DEFAULTS
 from nf_precond_plugin.optim.factory import constructor_default
 
 
@@ -28,26 +28,42 @@ def _default(cls: type, name: str):
 
 @dataclass
 class ESGDOptimizerConfig(OptimizerConfig):
-    """ESGD: EMA (or decayed max) of (Hv)², with a Hessian-vector product on the first ``d_warmup``
-    steps, then every ``update_d_every``."""
+    """ESGD: the clipped rule by default (bounded steps ρ, inverse-time lr, Adam-like steps for
+    sparse-curvature tensors), or the paper's with ``rule=paper``. A field left at None takes its
+    rule's default (``nf_precond_plugin.optim.esgd.RULE_DEFAULTS``)."""
 
     _target: type = ESGD
-    lr: float = _default(ESGD, "lr")
-    """Learning rate."""
-    eps: float = _default(ESGD, "eps")
+    lr: float | None = _default(ESGD, "lr")  # type: ignore[assignment]
+    """Learning rate (None: the rule's, 1.0 clipped / 0.15 paper)."""
+    eps: float | None = _default(ESGD, "eps")  # type: ignore[assignment]
     """Added to the preconditioner's square root before dividing."""
-    betas: tuple[float, float] = _default(ESGD, "betas")
-    """Momentum and curvature-EMA coefficients."""
+    betas: tuple[float, float] | None = _default(ESGD, "betas")
+    """Momentum and per-sample curvature-EMA coefficients."""
     weight_decay: float = _default(ESGD, "weight_decay")
     """Decoupled weight decay."""
-    update_d_every: int = _default(ESGD, "update_d_every")
+    update_d_every: int | None = _default(ESGD, "update_d_every")
     """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int = _default(ESGD, "d_warmup")
+    d_warmup: int | None = _default(ESGD, "d_warmup")
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    rule: Literal["clipped", "paper"] = _default(ESGD, "rule")
+    """The project's clipped ESGD, or the paper's."""
+    clip: float | None = _default(ESGD, "clip")
+    """ρ: the bound of each preconditioned step before the lr (clipped rule)."""
+    lr_decay_steps: int | None = _default(ESGD, "lr_decay_steps")
+    """T of the optimizer's own decay lr/(1 + t/T); 0 leaves decay to the scheduler (clipped rule)."""
+    sparse_threshold: float = _default(ESGD, "sparse_threshold")
+    """Fraction of exactly-zero H·v entries from which a tensor takes Adam-like steps (clipped rule)."""
     variant: Literal["ema", "max"] = _default(ESGD, "variant")
-    """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max)."""
+    """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max); paper rule."""
     bias_correction: Literal["paper", "hvp"] = _default(ESGD, "bias_correction")
-    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products taken."""
+    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products; paper rule."""
+
+    def __post_init__(self) -> None:
+        # nerfstudio's schedulers read ``lr`` before the optimizer exists: resolve the rule's
+        # defaults here, as the constructor would.
+        for name, value in RULE_DEFAULTS[self.rule].items():
+            if getattr(self, name) is None and value is not None:
+                setattr(self, name, value)
 
 
 @dataclass

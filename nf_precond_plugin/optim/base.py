@@ -155,13 +155,18 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         out (not updated) until its group's next sample.
         """
         curvature_step = samples is not None
+        extra = self._extra_state(group)
         live, exp_avgs, curvatures, counts = [], [], [], []
+        extras: dict[str, list[torch.Tensor]] = {f"{name}s": [] for name in extra}
         for index, p in enumerate(params):
             state = self.state[p]
             if not state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["curvature"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["hvp_count"] = 0
+            for name, initial in extra.items():
+                if name not in state:
+                    state[name] = initial(p)
             if curvature_step:
                 state["hvp_count"] += 1
             if state["hvp_count"] == 0:
@@ -170,6 +175,8 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             exp_avgs.append(state["exp_avg"])
             curvatures.append(state["curvature"])
             counts.append(state["hvp_count"])
+            for name in extra:
+                extras[f"{name}s"].append(state[name])
         type(self).kernel(
             [params[i] for i in live],
             [grads[i] for i in live],
@@ -178,8 +185,14 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             None if samples is None else [samples[i] for i in live],
             counts,
             step=group[STEP_COUNT] + 1,
+            **extras,
             **self._kernel_options(group),
         )
+
+    def _extra_state(self, group: dict[str, Any]) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-parameter state beyond momentum and curvature that the group's kernel needs:
+        name → how to initialise it from the parameter (passed to the kernel as ``<name>s``)."""
+        return {}
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
         """The kernel's keyword arguments from a group; subclasses add their own to these."""

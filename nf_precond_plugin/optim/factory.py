@@ -21,7 +21,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-OptimizerName = Literal["adam", "sgd", "esgd", "esgd-max", "adahessian", "adahessian-j", "shampoo", "kfac"]
+OptimizerName = Literal[
+    "adam", "sgd", "esgd", "esgd-paper", "esgd-max", "adahessian", "adahessian-j", "shampoo", "kfac", "muon", "sophiah"
+]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 RELU_LIKE = ("relu-pe", "relu")
@@ -80,10 +82,25 @@ def _kfac(model, params, lr, kwargs):
     return KFACAdam(model, lr=lr, **kwargs)
 
 
-def _esgd_lr() -> float:
-    from nf_precond_plugin.optim.esgd import ESGD
+def _muon(model, params, lr, kwargs):
+    from nf_precond_plugin.optim.hybrids import MuonAdam
 
-    return constructor_default(ESGD, "lr")
+    return MuonAdam(model, lr=lr, **kwargs)
+
+
+def _sophiah(model, params, lr, kwargs):
+    from nf_precond_plugin.optim.hybrids import sophia_h
+
+    return sophia_h(params, lr=lr, **kwargs)
+
+
+def _esgd_lr(rule: str) -> Callable[[], float]:
+    def lr() -> float:
+        from nf_precond_plugin.optim.esgd import RULE_DEFAULTS
+
+        return RULE_DEFAULTS[rule]["lr"]
+
+    return lr
 
 
 def _adahessian_lr() -> float:
@@ -107,9 +124,21 @@ _SPECS: dict[str, OptimizerSpec] = {
         fixed={"momentum": 0.0},
         lr_source="measured",
     ),
-    "esgd": OptimizerSpec("ESGD, the paper's settings", _esgd, _esgd_lr, relu_lr=0.1),
+    "esgd": OptimizerSpec(
+        "ESGD, the project's clipped rule (bounded steps, inverse-time lr, sparse-curvature fallback)",
+        _esgd,
+        _esgd_lr("clipped"),
+        lr_source="measured",
+    ),
+    "esgd-paper": OptimizerSpec(
+        "ESGD, the paper's rule and settings", _esgd, _esgd_lr("paper"), relu_lr=0.1, fixed={"rule": "paper"}
+    ),
     "esgd-max": OptimizerSpec(
-        "ESGD with a decayed running max of (Hv)²", _esgd, _esgd_lr, relu_lr=0.1, fixed={"variant": "max"}
+        "the paper's ESGD with a decayed running max of (Hv)²",
+        _esgd,
+        _esgd_lr("paper"),
+        relu_lr=0.1,
+        fixed={"rule": "paper", "variant": "max"},
     ),
     "adahessian": OptimizerSpec("AdaHessian(E): EMA of (Hv)²", _adahessian, _adahessian_lr, relu_lr=0.1),
     "adahessian-j": OptimizerSpec(
@@ -123,6 +152,18 @@ _SPECS: dict[str, OptimizerSpec] = {
         lr_source="measured",
     ),
     "kfac": OptimizerSpec("KFACAdam: K-FAC factors (NNGeometry), then Adam", _kfac, _kfac_lr, lr_source="measured"),
+    "muon": OptimizerSpec(
+        "torch.optim.Muon on hidden weights (float32 Newton–Schulz on the CPU), Adam 1e-3 on the rest",
+        _muon,
+        lambda: 0.005,
+        lr_source="measured",
+    ),
+    "sophiah": OptimizerSpec(
+        "pytorch_optimizer.SophiaH: clipped Hutchinson-diagonal steps, H·v every 10 steps",
+        _sophiah,
+        lambda: 0.06,
+        lr_source="measured",
+    ),
 }
 if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
     raise AssertionError("the optimizer registry and OptimizerName disagree")
