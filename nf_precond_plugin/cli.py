@@ -3,6 +3,9 @@
 nf-precond sparsity --activation relu-pe --json     # Fig. 4: HVP sparsity during training
 nf-precond condition --json                         # Fig. 2: κ of H under D^E and D^J
 nf-precond nerf-demo                                # ns-train → ns-eval → ns-render on the demo scene
+nf-precond advise image --image FILE --activation relu-pe   # which optimizer and lr, measured
+nf-precond advise occupancy --mesh FILE --json
+nf-precond advise nerf --data SCENE
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from nf_precond_plugin.advisor import ADVISE_TASKS, AdviseCommand, run_advise, show_advice
 from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
 from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
-from nf_precond_plugin.errors import exit_code_of, reported_as_one_line
+from nf_precond_plugin.errors import UserInputError, exit_code_of, reported_as_one_line
 from nf_precond_plugin.nerf.demo import NerfDemoConfig, run_nerf_demo
 from nf_precond_plugin.runtime import configure_entry_point
 
@@ -25,6 +29,7 @@ Command = (
     Annotated[SparsityConfig, tyro.conf.subcommand("sparsity")]
     | Annotated[ConditionConfig, tyro.conf.subcommand("condition")]
     | Annotated[NerfDemoConfig, tyro.conf.subcommand("nerf-demo")]
+    | Annotated[AdviseCommand, tyro.conf.subcommand("advise")]
 )
 
 _console = Console(stderr=True)
@@ -52,19 +57,30 @@ def _show_condition(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = tyro.cli(Command, args=argv, prog="nf-precond", description=__doc__)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["advise"] and (len(args) < 2 or args[1] not in (*ADVISE_TASKS, "--help", "-h")):
+        return exit_code_of(_unknown_advise_task, args[1] if len(args) > 1 else "")
+    config = tyro.cli(Command, args=args, prog="nf-precond", description=__doc__)
     configure_entry_point()
     return exit_code_of(_guarded, config)
 
 
-def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig) -> None:
+def _unknown_advise_task(task: str) -> None:
+    with reported_as_one_line("nf-precond"):
+        raise UserInputError(f"advise: unknown task {task!r}; expected one of {', '.join(ADVISE_TASKS)}")
+
+
+def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand) -> None:
     with reported_as_one_line("nf-precond"):
         _dispatch(config)
 
 
-def _dispatch(config: SparsityConfig | ConditionConfig | NerfDemoConfig) -> None:
+def _dispatch(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand) -> None:
     if isinstance(config, NerfDemoConfig):
         run_nerf_demo(config)
+        return
+    if isinstance(config, AdviseCommand):
+        show_advice(run_advise(config), config.task.json)
         return
     if isinstance(config, SparsityConfig):
         result, show = run_sparsity(config, progress=not config.json), _show_sparsity
