@@ -15,14 +15,9 @@ import yaml
 
 from nf_precond_plugin import presets
 from nf_precond_plugin.fields import ACTIVATIONS
-from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr, optimizer_spec
+from nf_precond_plugin.optim.factory import OPTIMIZERS, paper_lr
 
 HERE = Path(__file__).resolve().parent
-
-
-def paper_lr(optimizer: str, activation: str) -> float | None:
-    """The paper's learning rate; None (the paper gives none) leaves the project default."""
-    return default_lr(optimizer, activation) if optimizer_spec(optimizer).lr_source == "paper" else None
 
 
 def main() -> None:

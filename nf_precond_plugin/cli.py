@@ -6,6 +6,7 @@ nf-precond nerf-demo                                # ns-train → ns-eval → n
 nf-precond advise image --image FILE --activation relu-pe   # which optimizer and lr, measured
 nf-precond advise occupancy --mesh FILE --json
 nf-precond advise nerf --data SCENE
+nf-precond image-demo                               # clipped ESGD vs tuned Adam, side by side (2 min)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nf_precond_plugin.advisor import ADVISE_TASKS, AdviseCommand, run_advise, s
 from nf_precond_plugin.diagnostics.condition import ConditionConfig, run_condition
 from nf_precond_plugin.diagnostics.sparsity import SparsityConfig, run_sparsity
 from nf_precond_plugin.errors import UserInputError, exit_code_of, reported_as_one_line
+from nf_precond_plugin.image_demo import ImageDemoConfig, run_image_demo
 from nf_precond_plugin.nerf.demo import NerfDemoConfig, run_nerf_demo
 from nf_precond_plugin.runtime import configure_entry_point
 
@@ -30,6 +32,7 @@ Command = (
     | Annotated[ConditionConfig, tyro.conf.subcommand("condition")]
     | Annotated[NerfDemoConfig, tyro.conf.subcommand("nerf-demo")]
     | Annotated[AdviseCommand, tyro.conf.subcommand("advise")]
+    | Annotated[ImageDemoConfig, tyro.conf.subcommand("image-demo")]
 )
 
 _console = Console(stderr=True)
@@ -70,14 +73,17 @@ def _unknown_advise_task(task: str) -> None:
         raise UserInputError(f"advise: unknown task {task!r}; expected one of {', '.join(ADVISE_TASKS)}")
 
 
-def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand) -> None:
+def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand | ImageDemoConfig) -> None:
     with reported_as_one_line("nf-precond"):
         _dispatch(config)
 
 
-def _dispatch(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand) -> None:
+def _dispatch(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand | ImageDemoConfig) -> None:
     if isinstance(config, NerfDemoConfig):
         run_nerf_demo(config)
+        return
+    if isinstance(config, ImageDemoConfig):
+        run_image_demo(config)
         return
     if isinstance(config, AdviseCommand):
         show_advice(run_advise(config), config.task.json)

@@ -19,7 +19,7 @@ from nf_precond_plugin.curvature import hvp, rademacher_like
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.fields import ActivationName
-from nf_precond_plugin.optim.factory import build_optimizer, default_lr
+from nf_precond_plugin.optim.factory import build_optimizer, paper_lr
 from nf_precond_plugin.presets import IMAGE_BATCH, IMAGE_SIZE
 from nf_precond_plugin.rundir import new_run_dir
 from nf_precond_plugin.runtime import enable_fast_cpu_math
@@ -33,7 +33,7 @@ class SparsityConfig:
 
     activation: ActivationName = "gaussian"
     """Activation of the 5 × 256 coordinate MLP."""
-    optimizer: Literal["esgd", "adam"] = "esgd"
+    optimizer: Literal["esgd-paper", "adam"] = "esgd-paper"
     """Optimizer that trains the field between measurements (the paper's Fig. 4 uses ESGD), at the paper's lr."""
     steps: int = 300
     """Training steps (minibatches of --batch-size pixels)."""
@@ -96,7 +96,7 @@ def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:
     generator = torch.Generator().manual_seed(config.seed)
     # the standalone image task's field (the paper's 5 × 256, σ = 0.05)
     model = build_field(FitConfig(activation=config.activation), 2, 3)
-    optimizer = build_optimizer(config.optimizer, model, default_lr(config.optimizer, config.activation))
+    optimizer = build_optimizer(config.optimizer, model, paper_lr(config.optimizer, config.activation))
     run_dir = new_run_dir(config.output_dir, f"sparsity-{config.activation}")
 
     history: list[dict] = []
