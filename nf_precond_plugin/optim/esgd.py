@@ -98,19 +98,22 @@ def clipped_esgd(
     denoms = torch._foreach_div(curvatures, [ema_debias(beta2, n) for n in hvp_counts])
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
-    updates = torch._foreach_div(momentum, denoms)
+    updates = list(torch._foreach_div(momentum, denoms))
     clip_foreach_(updates, clip)
 
     # Sparse curvature (ReLU): D is 0 on most coordinates and says nothing there; Adam's
-    # normalised step, scaled to the same bound ρ, moves those tensors instead.
-    adam_denoms = torch._foreach_div(exp_avg_sqs, ema_debias(_FALLBACK_BETA, step))
-    torch._foreach_sqrt_(adam_denoms)
-    torch._foreach_add_(adam_denoms, _FALLBACK_EPS)
-    adam_like = torch._foreach_div(momentum, adam_denoms)
-    clip_foreach_(adam_like, 1.0)
-    torch._foreach_mul_(adam_like, clip)
-    for update, fallback, fraction in zip(updates, adam_like, zero_fractions):
-        update.copy_(torch.where(fraction >= sparse_threshold, fallback, update))
+    # normalised step, scaled to the same bound ρ, moves those tensors instead. (One small host
+    # read per step; the step's finiteness check already synchronises.)
+    sparse = [i for i, is_sparse in enumerate((torch.stack(zero_fractions) >= sparse_threshold).tolist()) if is_sparse]
+    if sparse:
+        adam_denoms = torch._foreach_div([exp_avg_sqs[i] for i in sparse], ema_debias(_FALLBACK_BETA, step))
+        torch._foreach_sqrt_(adam_denoms)
+        torch._foreach_add_(adam_denoms, _FALLBACK_EPS)
+        adam_like = torch._foreach_div([momentum[i] for i in sparse], adam_denoms)
+        clip_foreach_(adam_like, 1.0)
+        torch._foreach_mul_(adam_like, clip)
+        for i, fallback in zip(sparse, adam_like):
+            updates[i] = fallback
 
     lr_t = inverse_time_lr(lr, step, lr_decay_steps)
     if weight_decay:
