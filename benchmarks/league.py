@@ -67,6 +67,16 @@ class LeagueTask:
     batch_size: int
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
 def make_task(name: str, size: int, points: int) -> LeagueTask:
     if name.startswith("image-"):
         from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
@@ -154,7 +164,45 @@ def plot(task: str, metric: str, finals: dict[str, list[dict]], path: Path) -> N
     plt.close(fig)
 
 
+def markdown(paths: list[Path]) -> str:
+    """README tables (mean over seeds) from league JSON files."""
+    out = []
+    for path in paths:
+        results = json.loads(path.read_text())
+        for task, record in results["tasks"].items():
+            reported = sorted({e for e in REPORT_EPOCHS if e <= results["epochs"]} | {results["epochs"]})
+            when = f"{results['date']}, {results['machine']}"
+            out.append(f"**{task}** ({record['metric']}, mean of seeds {results['seeds']}; {when})\n")
+            out.append(
+                "| optimizer | best lr (sweep) | "
+                + " | ".join(f"ep {e}" for e in reported)
+                + " | epochs to Adam's final | step ÷ Adam |"
+            )
+            out.append("|---" * (len(reported) + 4) + "|")
+            for name, entry in record["optimizers"].items():
+                cells = []
+                for e in reported:
+                    values = [r["curve"][e - 1] for r in entry["runs"] if len(r["curve"]) >= e]
+                    cells.append(f"{sum(values) / len(values):.2f}" if values else "–")
+                reached = "/".join(
+                    "–" if r["epochs"] is None else str(r["epochs"]) for r in entry["to_reach_adam_final"]
+                )
+                sweep = ", ".join(f"{lr}: {v:.2f}" if v is not None else f"{lr}: –" for lr, v in entry["sweep"].items())
+                out.append(
+                    f"| {name} | {entry['best_lr']:g} ({sweep}) | "
+                    + " | ".join(cells)
+                    + f" | {reached} | {entry['step_time_vs_adam']:.2f} |"
+                )
+            out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown([Path(p) for p in sys.argv[2:]]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="image-gaussian")
     parser.add_argument("--optimizers", default="adam,esgd,esgd-paper,adahessian,kfac,muon,sophiah")
@@ -182,7 +230,7 @@ def main() -> None:
     partial = args.json_out.with_suffix(".partial.json")
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), {args.threads} thread(s)",
+        "machine": f"{cpu_name()}, {args.threads} thread(s)",
         "torch": torch.__version__,
         "epochs": args.epochs,
         "sweep_epochs": args.sweep_epochs,
@@ -224,8 +272,7 @@ def main() -> None:
             entry["step_time_vs_adam"] = sum(r["seconds_per_step"] for r in runs) / len(runs) / adam_step
             entry["at_epoch"] = {
                 str(e): [r["curve"][e - 1] if len(r["curve"]) >= e else None for r in runs]
-                for e in REPORT_EPOCHS
-                if e <= args.epochs
+                for e in sorted({e for e in REPORT_EPOCHS if e <= args.epochs} | {args.epochs})
             }
             entry["to_reach_adam_final"] = []
             for seed_index, run in enumerate(runs):

@@ -104,12 +104,18 @@ ADVISE_TASKS = ("image", "occupancy", "nerf")
 def curvature_measurements(
     params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], probes: int = PROBES
 ) -> dict[str, float]:
-    """H·v zero fraction (mean over probes) and the log₁₀ p90/p10 spread of √(mean h²)."""
-    squares = [torch.zeros_like(p) for p in params]
-    zeros, total = 0.0, sum(p.numel() for p in params)
+    """H·v zero fraction (mean over probes) and the log₁₀ p90/p10 spread of √(mean h²).
+
+    Parameters the loss does not use (a NeRF's unused heads, say) are left out of both.
+    """
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True, allow_unused=True)
+    used = [p for p, g in zip(params, grads) if g is not None]
+    del grads
+    squares = [torch.zeros_like(p) for p in used]
+    zeros, total = 0.0, sum(p.numel() for p in used)
     for _ in range(probes):
-        grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
-        products = [h.detach() for h in hvp(grads, params, rademacher_like(params))]
+        grads = torch.autograd.grad(loss_fn(), used, create_graph=True)
+        products = [h.detach() for h in hvp(grads, used, rademacher_like(used))]
         zeros += sum(float(zero_fraction(h)) * h.numel() for h in products) / total
         for square, h in zip(squares, products):
             square.add_(h.square(), alpha=1.0 / probes)
@@ -118,9 +124,8 @@ def curvature_measurements(
     if positive.numel() < 2:
         spread = math.inf
     else:
-        low, high = torch.quantile(
-            positive[:: max(1, positive.numel() // 100_000)].double(), torch.tensor([0.1, 0.9], dtype=torch.float64)
-        )
+        sample = positive[:: max(1, positive.numel() // 100_000)].double()
+        low, high = torch.quantile(sample, torch.tensor([0.1, 0.9], dtype=torch.float64))
         spread = float(torch.log10(high / low))
     return {"hvp_zero_fraction": zeros / probes, "curvature_spread_log10": spread}
 

@@ -20,7 +20,15 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-METHODS = ("gaussian-esgd", "gaussian-adam", "gaussian-adahessian", "gaussian-esgd-cpu", "gaussian-adam-cpu")
+METHODS = (
+    "gaussian-esgd",
+    "gaussian-esgd-paper",
+    "gaussian-adam",
+    "gaussian-adahessian",
+    "gaussian-esgd-cpu",
+    "gaussian-esgd-paper-cpu",
+    "gaussian-adam-cpu",
+)
 TEST_VIEWS = ("image000.png", "image008.png")
 """The demo scene's 12 views with holdout_every = 8: views 0 and 8 are the test split."""
 HEIGHT, WIDTH = 60, 80
