@@ -4,9 +4,9 @@ Each activation is one `--compare` run of the shared runner (same init, same min
 ratios are measured in one process on one machine. Prints PSNR at the chosen epochs and per-step
 time ratios against Adam, and writes JSON next to the run directories.
 
-    python benchmarks/image_optimizers.py --activations gaussian,sine --optimizers adam,esgd --epochs 200
+    python benchmarks/image_optimizers.py --activations gaussian,sine --optimizers adam,esgd-paper --epochs 200
     python benchmarks/image_optimizers.py --activations gaussian \
-        --optimizers adam,sgd,esgd,esgd-max,adahessian,adahessian-j,shampoo,kfac --epochs 50
+        --optimizers adam,sgd,esgd-paper,esgd-max,adahessian,adahessian-j,shampoo,kfac --epochs 50
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nf_precond_plugin.optim.factory import default_lr
+from nf_precond_plugin.optim.factory import default_lr, paper_lr
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
 from nf_precond_plugin.training import RunSettings, run_task
@@ -30,7 +30,7 @@ LION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "div2k" 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--activations", default="gaussian,sine,wavelet,relu-pe")
-    parser.add_argument("--optimizers", default="adam,esgd")
+    parser.add_argument("--optimizers", default="adam,esgd-paper")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--report-epochs", default="1,10,50,100,200")
     parser.add_argument("--threads", type=int, default=1)
@@ -54,7 +54,9 @@ def main() -> None:
     }
     for activation in args.activations.split(","):
         config = ImageConfig(image=args.image, activation=activation, epochs=args.epochs, output_dir=args.output_dir)
-        rates = {name: default_lr(name, activation) for name in names}
+        rates = {
+            name: paper_lr(name, activation) or default_lr(name, activation) for name in names
+        }  # the paper's where it gives one
         settings = RunSettings(
             names,
             rates,

@@ -4,7 +4,7 @@
 as one `--compare` run of the shared runner (same init, same points). On 2 CPU cores only a few
 dozen epochs fit in ~20 minutes; the script reports how many it ran.
 
-    python benchmarks/occupancy_optimizers.py --optimizers adam,esgd --epochs 12 \
+    python benchmarks/occupancy_optimizers.py --optimizers adam,esgd-paper --epochs 12 \
         --json-out benchmarks/results/occupancy.json
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nf_precond_plugin.optim.factory import default_lr
+from nf_precond_plugin.optim.factory import default_lr, paper_lr
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.tasks.occupancy import OccupancyConfig, OccupancyTask
 from nf_precond_plugin.training import RunSettings, run_task
@@ -29,7 +29,7 @@ ARMADILLO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "me
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--optimizers", default="adam,esgd")
+    parser.add_argument("--optimizers", default="adam,esgd-paper")
     parser.add_argument("--activation", default="gaussian")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
@@ -43,7 +43,7 @@ def main() -> None:
         raise SystemExit(f"benchmark mesh not found: {args.mesh} (the armadillo lives in ../shared/data)")
     names = args.optimizers.split(",")
     config = OccupancyConfig(mesh=args.mesh, activation=args.activation, epochs=args.epochs, output_dir=args.output_dir)
-    rates = {name: default_lr(name, args.activation) for name in names}
+    rates = {name: paper_lr(name, args.activation) or default_lr(name, args.activation) for name in names}
     settings = RunSettings(
         names,
         rates,

@@ -221,12 +221,23 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
     if not Path(data).exists():
         raise UserInputError(f"--data {data}: no such scene directory")
 
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="nf-precond-advise-"))
+    try:
+        return _advise_nerf_in(config, data, scratch, trainer_for_factory(config, data, scratch), methods)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def trainer_for_factory(config: AdviseNerf, data: Path, scratch: Path):
     def trainer_for(spec, overrides: dict[str, float]):
         trainer_config = copy.deepcopy(spec.config)
         trainer_config.data = trainer_config.pipeline.datamanager.data = Path(data)
         trainer_config.machine.device_type = config.device
         trainer_config.vis = "tensorboard"
-        trainer_config.output_dir = Path("/tmp") / "nf-precond-advise"
+        trainer_config.output_dir = scratch  # the probe's checkpoints and logs are thrown away
         trainer_config.max_num_iterations = config.probe_steps
         trainer_config.steps_per_save = 10**9
         for key, value in overrides.items():
@@ -237,6 +248,10 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
         trainer.setup()
         return trainer
 
+    return trainer_for
+
+
+def _advise_nerf_in(config: AdviseNerf, data: Path, scratch: Path, trainer_for, methods) -> dict[str, Any]:
     probe: dict[str, dict[str, float | None]] = {"esgd": {}, "adam": {}}
     measured: dict[str, float] = {}
     candidates = [
@@ -268,11 +283,17 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
             recommended="esgd",
             lr=methods.ESGDOptimizerConfig().lr,
             clip=float(best),
+            command=f"ns-train gaussian-esgd-cpu --data {data} --optimizers.fields.optimizer.clip {float(best):g}",
             reason="dense H·v: ESGD (gaussian-esgd-cpu) with the probed clip",
         )
     else:
         best = min(probe["adam"], key=probe["adam"].get)
-        advice.update(recommended="adam", lr=float(best), reason="sparse H·v: Adam (gaussian-adam-cpu)")
+        advice.update(
+            recommended="adam",
+            lr=float(best),
+            command=f"ns-train gaussian-adam-cpu --data {data} --optimizers.fields.optimizer.lr {float(best):g}",
+            reason="sparse H·v: Adam (gaussian-adam-cpu)",
+        )
     return advice
 
 
@@ -306,5 +327,6 @@ def show_advice(advice: dict[str, Any], print_json: bool) -> None:
     console.print(table)
     console.print(f"H·v zero fraction: {advice['hvp_zero_fraction']:.3f}")
     console.print(f"curvature spread (log10 p90/p10 of √E[(Hv)²]): {advice['curvature_spread_log10']:.2f}")
-    console.print(f"[bold]recommended: --optimizer {advice['recommended']} --lr {advice['lr']:g}[/bold]")
+    suggestion = advice.get("command") or f"--optimizer {advice['recommended']} --lr {advice['lr']:g}"
+    console.print(f"[bold]recommended: {suggestion}[/bold]")
     console.print(f"why: {advice['reason']}  ({advice['seconds']:.0f} s)")
