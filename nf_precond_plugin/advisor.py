@@ -224,10 +224,14 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
     import shutil
     import tempfile
 
+    from nerfstudio.utils import writer
+
     scratch = Path(tempfile.mkdtemp(prefix="nf-precond-advise-"))
+    writers = list(writer.EVENT_WRITERS)  # nerfstudio's writers are process-global: restore them after
     try:
         return _advise_nerf_in(config, data, scratch, trainer_for_factory(config, data, scratch), methods)
     finally:
+        writer.EVENT_WRITERS[:] = writers
         shutil.rmtree(scratch, ignore_errors=True)
 
 
