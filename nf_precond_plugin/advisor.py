@@ -229,33 +229,31 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="nf-precond-advise-"))
     writers = list(writer.EVENT_WRITERS)  # nerfstudio's writers are process-global: restore them after
     try:
-        return _advise_nerf_in(config, data, scratch, trainer_for_factory(config, data, scratch), methods)
+        return _probe_nerf(config, Path(data), scratch, methods)
     finally:
         writer.EVENT_WRITERS[:] = writers
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def trainer_for_factory(config: AdviseNerf, data: Path, scratch: Path):
-    def trainer_for(spec, overrides: dict[str, float]):
-        trainer_config = copy.deepcopy(spec.config)
-        trainer_config.data = trainer_config.pipeline.datamanager.data = Path(data)
-        trainer_config.machine.device_type = config.device
-        trainer_config.vis = "tensorboard"
-        trainer_config.output_dir = scratch  # the probe's checkpoints and logs are thrown away
-        trainer_config.max_num_iterations = config.probe_steps
-        trainer_config.steps_per_save = 10**9
-        for key, value in overrides.items():
-            setattr(trainer_config.optimizers["fields"]["optimizer"], key, value)
-        trainer_config.set_timestamp()
-        torch.manual_seed(0)
-        trainer = trainer_config.setup(local_rank=0, world_size=1)
-        trainer.setup()
-        return trainer
-
-    return trainer_for
+def _probe_trainer(config: AdviseNerf, spec, data: Path, scratch: Path, overrides: dict[str, float]):
+    """A CurvatureTrainer of ``spec`` on ``data`` for the probe, from seed 0, writing into ``scratch``."""
+    trainer_config = copy.deepcopy(spec.config)
+    trainer_config.data = trainer_config.pipeline.datamanager.data = data
+    trainer_config.machine.device_type = config.device
+    trainer_config.vis = "tensorboard"
+    trainer_config.output_dir = scratch  # the probe's checkpoints and logs are thrown away
+    trainer_config.max_num_iterations = config.probe_steps
+    trainer_config.steps_per_save = 10**9
+    for key, value in overrides.items():
+        setattr(trainer_config.optimizers["fields"]["optimizer"], key, value)
+    trainer_config.set_timestamp()
+    torch.manual_seed(0)
+    trainer = trainer_config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
 
 
-def _advise_nerf_in(config: AdviseNerf, data: Path, scratch: Path, trainer_for, methods) -> dict[str, Any]:
+def _probe_nerf(config: AdviseNerf, data: Path, scratch: Path, methods) -> dict[str, Any]:
     probe: dict[str, dict[str, float | None]] = {"esgd": {}, "adam": {}}
     measured: dict[str, float] = {}
     candidates = [
@@ -264,7 +262,7 @@ def _advise_nerf_in(config: AdviseNerf, data: Path, scratch: Path, trainer_for, 
     ]
     for name, spec, knob, values in candidates:
         for value in values:
-            trainer = trainer_for(spec, {knob: value})
+            trainer = _probe_trainer(config, spec, data, scratch, {knob: value})
             if not measured:
                 model = trainer.pipeline.model
                 params = [p for p in model.parameters() if p.requires_grad]
