@@ -72,6 +72,7 @@ def clipped_esgd(
     hvp_counts: list[int],
     exp_avg_sqs: list[torch.Tensor],
     zero_fractions: list[torch.Tensor],
+    denoms: list[torch.Tensor],
     *,
     step: int,
     lr: float,
@@ -90,15 +91,18 @@ def clipped_esgd(
         ema_foreach_(curvatures, samples, beta2)
         for fraction, sample in zip(zero_fractions, samples):
             fraction.copy_(zero_fraction(sample))
+        # √D̂ + ε changes only when D does: kept between H·v steps (``denoms`` is state)
+        fresh = torch._foreach_div(curvatures, [ema_debias(beta2, n) for n in hvp_counts])
+        torch._foreach_sqrt_(fresh)
+        torch._foreach_add_(fresh, eps)
+        torch._foreach_copy_(denoms, fresh)
     ema_foreach_(exp_avgs, grads, beta1)
     torch._foreach_mul_(exp_avg_sqs, _FALLBACK_BETA)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - _FALLBACK_BETA)
 
-    momentum = torch._foreach_div(exp_avgs, ema_debias(beta1, step))
-    denoms = torch._foreach_div(curvatures, [ema_debias(beta2, n) for n in hvp_counts])
-    torch._foreach_sqrt_(denoms)
-    torch._foreach_add_(denoms, eps)
-    updates = list(torch._foreach_div(momentum, denoms))
+    momentum_debias = ema_debias(beta1, step)
+    updates = list(torch._foreach_div(exp_avgs, momentum_debias))
+    torch._foreach_div_(updates, denoms)  # m̂ / (√D̂ + ε)
     clip_foreach_(updates, clip)
 
     # Sparse curvature (ReLU): D is 0 on most coordinates and says nothing there; Adam's
@@ -109,7 +113,8 @@ def clipped_esgd(
         adam_denoms = torch._foreach_div([exp_avg_sqs[i] for i in sparse], ema_debias(_FALLBACK_BETA, step))
         torch._foreach_sqrt_(adam_denoms)
         torch._foreach_add_(adam_denoms, _FALLBACK_EPS)
-        adam_like = torch._foreach_div([momentum[i] for i in sparse], adam_denoms)
+        adam_like = torch._foreach_div([exp_avgs[i] for i in sparse], momentum_debias)
+        torch._foreach_div_(adam_like, adam_denoms)
         clip_foreach_(adam_like, 1.0)
         torch._foreach_mul_(adam_like, clip)
         for i, fallback in zip(sparse, adam_like):
@@ -264,6 +269,7 @@ class ESGD(CurvatureOptimizer):
         return {
             "exp_avg_sq": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
             "zero_fraction": lambda p: torch.zeros((), dtype=torch.float32, device=p.device),
+            "denom": lambda p: torch.ones_like(p, memory_format=torch.preserve_format),
         }
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
