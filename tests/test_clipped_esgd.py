@@ -160,3 +160,39 @@ def test_resume_matches_an_uninterrupted_run_exactly():
 def test_invalid_clipped_hyperparameters(kwargs, option):
     with pytest.raises(ValueError, match=option.replace("(", r"\(")):
         ESGD([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_a_tensor_with_mostly_zero_curvature_takes_adams_step_scaled_to_the_clip():
+    """L = Σᵢ ½ aᵢ θᵢ² + cᵢ θᵢ with a = 0 on 3 of 4 coordinates: H v is exactly zero there (75 % ≥ 50 %),
+    so the whole tensor steps by ρ · clip(m̂ / (√v̂ + 1e-8), ±1), v̂ Adam's debiased EMA (β = 0.999) of g²."""
+    a, c = [0.0, 0.0, 20.0, 0.0], [0.3, -1.0, 0.5, 0.02]  # coordinate 2 oscillates: |m̂/√v̂| < 1 there
+    lr, beta1, clip, decay = 0.9, 0.8, 0.05, 6
+    theta0 = [1.0, -0.5, 0.25, 2.0]
+    theta = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
+    curvature, linear = torch.tensor(a, dtype=F64), torch.tensor(c, dtype=F64)
+    opt = ESGD([theta], lr=lr, betas=(beta1, 0.7), clip=clip, lr_decay_steps=decay, d_warmup=2, update_d_every=3)
+    want, m, v, x = [], [0.0] * 4, [0.0] * 4, list(theta0)
+    for t in range(1, 13):
+        g = [ai * xi + ci for ai, xi, ci in zip(a, x, c)]
+        m = [beta1 * mi + (1 - beta1) * gi for mi, gi in zip(m, g)]
+        v = [0.999 * vi + 0.001 * gi * gi for vi, gi in zip(v, g)]
+        lr_t = lr / (1 + (t - 1) / decay)
+        for i in range(4):
+            u = (m[i] / (1 - beta1**t)) / (math.sqrt(v[i] / (1 - 0.999**t)) + 1e-8)
+            x[i] -= lr_t * clip * max(-1.0, min(1.0, u))
+        want.append(list(x))
+
+    def trajectory(optimizer, param):
+        out = []
+        for _ in range(12):
+            training_step([optimizer], lambda: ((0.5 * curvature * param.square() + linear * param).sum(), None))
+            out.append(param.detach().tolist())
+        return torch.tensor(out)
+
+    assert trajectory(opt, theta) == pytest.approx(torch.tensor(want), rel=1e-12, abs=1e-14)
+    assert float(opt.state[theta]["zero_fraction"]) == 0.75
+    # the oracle tells the two regimes apart: without the fallback the same problem goes elsewhere
+    dense = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
+    kwargs = dict(lr=lr, betas=(beta1, 0.7), clip=clip, lr_decay_steps=decay, d_warmup=2, update_d_every=3)
+    unprotected = trajectory(ESGD([dense], sparse_threshold=1.0, **kwargs), dense)
+    assert float((unprotected - torch.tensor(want)).abs().max()) > 1e-3

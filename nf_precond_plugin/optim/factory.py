@@ -89,9 +89,9 @@ def _muon(model, params, lr, kwargs):
 
 
 def _sophiah(model, params, lr, kwargs):
-    from nf_precond_plugin.optim.hybrids import sophia_h
+    from nf_precond_plugin.optim.hybrids import SophiaHContract
 
-    return sophia_h(params, lr=lr, **kwargs)
+    return SophiaHContract(params, lr=lr, **kwargs)
 
 
 def _esgd_lr(rule: str) -> Callable[[], float]:

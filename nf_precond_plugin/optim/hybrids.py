@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from pytorch_optimizer import SophiaH
 from torch import nn
 
 
@@ -119,23 +120,19 @@ class MuonAdam(torch.optim.Optimizer):
         self.adam.load_state_dict(state_dict["adam"])
 
 
-def sophia_h(params, lr: float = 0.06, **kwargs: Any) -> torch.optim.Optimizer:
-    """``pytorch_optimizer.SophiaH`` with the project's ``should_create_graph()`` contract."""
-    from pytorch_optimizer import SophiaH
+class SophiaHContract(SophiaH):
+    """``pytorch_optimizer.SophiaH`` that says when backward must build a graph, and frees it after."""
 
-    class SophiaHContract(SophiaH):
-        def should_create_graph(self) -> bool:
-            # SophiaH takes its Hutchinson sample when (step − 1) % update_period == 0, step from 1
-            return self.param_groups[0].get("step", 0) % self.update_period == 0
+    def should_create_graph(self) -> bool:
+        # SophiaH takes its Hutchinson sample when (step − 1) % update_period == 0, step from 1
+        return self.param_groups[0].get("step", 0) % self.update_period == 0
 
-        @torch.no_grad()
-        def step(self, closure=None):
-            try:
-                return super().step(closure)
-            finally:
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None and p.grad.grad_fn is not None:
-                            p.grad = p.grad.detach()  # release the param↔grad graph
-
-    return SophiaHContract(params, lr=lr, **kwargs)
+    @torch.no_grad()
+    def step(self, closure=None):
+        try:
+            return super().step(closure)
+        finally:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.grad_fn is not None:
+                        p.grad = p.grad.detach()  # release the param↔grad graph
