@@ -1,8 +1,10 @@
-"""Curvature core in pure torch: probe → Hessian-vector product → estimator → accumulator → schedule.
+"""Curvature core in pure torch: probe → Hessian-vector product → estimator → accumulator → schedule,
+plus the reduction of gradients and H·v across processes and their sum over micro-batches.
 
 Nothing here imports nerfstudio.
 """
 
+from nf_precond_plugin.curvature.accumulation import HvpSum
 from nf_precond_plugin.curvature.accumulators import (
     clip_foreach_,
     decayed_max_,
@@ -18,11 +20,22 @@ from nf_precond_plugin.curvature.estimators import (
 )
 from nf_precond_plugin.curvature.hvp import MISSING_GRAPH_HINT, functional_hvp, hvp
 from nf_precond_plugin.curvature.probes import rademacher_like
+from nf_precond_plugin.curvature.reduction import (
+    DEFAULT_BUCKET_BYTES,
+    active_process_group,
+    all_reduce_mean_,
+    broadcast_int,
+)
 from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
 from nf_precond_plugin.curvature.sparsity import SPARSE_CURVATURE, zero_fraction
 
 __all__ = [
+    "DEFAULT_BUCKET_BYTES",
     "ESTIMATORS",
+    "HvpSum",
+    "active_process_group",
+    "all_reduce_mean_",
+    "broadcast_int",
     "SPARSE_CURVATURE",
     "clip_foreach_",
     "inverse_time_lr",

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
 from nf_precond_plugin.curvature import ema_debias, ema_foreach_
 from nf_precond_plugin.optim.base import CurvatureOptimizer, check_choice, validate_common
@@ -76,6 +77,10 @@ class AdaHessian(CurvatureOptimizer):
         hessian_power: exponent k of the preconditioner, 0 ≤ k ≤ 1.
         update_d_every: steps between Hessian-vector products after the warm-up.
         d_warmup: every one of the first ``d_warmup`` steps takes a Hessian-vector product.
+        process_group: the torch.distributed group to average gradients and H·v over (default:
+            the world, once initialised; nothing to average in a single process).
+        probe_seed: seed of the optimizer's probe generator (default: drawn from torch's global
+            RNG at construction, then agreed with the first rank).
     """
 
     estimator = "equilibration"
@@ -92,6 +97,8 @@ class AdaHessian(CurvatureOptimizer):
         hessian_power: float = 1.0,
         update_d_every: int = 1,
         d_warmup: int = 1,
+        process_group: dist.ProcessGroup | None = None,
+        probe_seed: int | None = None,
     ) -> None:
         validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
         check_choice("estimator", estimator, ESTIMATOR_CHOICES)
@@ -108,7 +115,7 @@ class AdaHessian(CurvatureOptimizer):
             update_d_every=update_d_every,
             d_warmup=d_warmup,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
         return {

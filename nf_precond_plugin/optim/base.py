@@ -9,6 +9,22 @@ kernel. The training-loop contract (``nf_precond_plugin.training.step`` implemen
     opt.zero_grad(set_to_none=True)
     loss.backward(create_graph=opt.should_create_graph())
     opt.step()
+
+Gradient accumulation over K micro-batches folds each micro-batch's H·v into the step's sum, for
+the step's one probe (``curvature.HvpSum``), and frees its graph before the next is built::
+
+    opt.zero_grad(set_to_none=True)
+    for x, y in micro_batches:
+        opt.accumulate(loss_fn(model(x), y) / K)   # or: backward yourself, then opt.accumulate()
+    opt.step()
+
+Data parallelism: when torch.distributed is initialised, ``step()`` averages gradients (every
+step) and H·v (on curvature steps) over ``process_group`` (default: the world), in buckets of one
+all-reduce each, *before* the estimator squares H·v. Every rank draws the same probe: the probe
+generator is the optimizer's own, seeded once (from rank 0) and saved in ``state_dict()``, so a
+run's probes do not depend on how many processes took part. Every rank then applies the same
+update, and parameters stay bit-identical. A model wrapped in DistributedDataParallel must run
+its forward and backward inside ``model.no_sync()``: DDP cannot reduce gradients that carry a graph.
 """
 
 from __future__ import annotations
@@ -18,10 +34,15 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 
 from nf_precond_plugin.curvature import (
     ESTIMATORS,
     MISSING_GRAPH_HINT,
+    HvpSum,
+    active_process_group,
+    all_reduce_mean_,
+    broadcast_int,
     hvp,
     is_curvature_step,
     rademacher_like,
@@ -33,6 +54,9 @@ STEP_COUNT = "step_count"
 """Param-group key: optimizer steps taken so far (0-based index of the coming step)."""
 LAST_HVP_STEP = "last_hvp_step"
 """Param-group key: the step index of the group's latest Hessian-vector product, or None."""
+PROBE_GENERATOR = "probe_generator"
+"""``state_dict()`` key: the probe generator's seed and state, so a resumed run draws the probes it
+would have drawn (on any number of processes: the state is the same on every rank)."""
 
 
 def validate_common(
@@ -70,6 +94,28 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
     estimator: ClassVar[str] = "equilibration"
     kernel: ClassVar[Callable[..., None]]
+    reduces_gradients: ClassVar[bool] = True
+    """``step()`` averages gradients over the process group itself (the training loop must not)."""
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        process_group: dist.ProcessGroup | None = None,
+        probe_seed: int | None = None,
+    ) -> None:
+        if probe_seed is not None and (
+            isinstance(probe_seed, bool) or not isinstance(probe_seed, int) or not 0 <= probe_seed < 2**63
+        ):
+            raise ValueError(f"Invalid probe_seed: {probe_seed!r} (expected None or an integer in [0, 2**63))")
+        super().__init__(params, defaults)
+        self.process_group = process_group
+        # Drawn from the global RNG, so torch.manual_seed() before construction governs the probes.
+        self._probe_seed = int(torch.randint(0, 2**62, ())) if probe_seed is None else probe_seed
+        self._probe_generator: torch.Generator | None = None
+        self._probe_generator_state: torch.Tensor | None = None
+        self._pending_hvp: HvpSum | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -84,6 +130,81 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     def should_create_graph(self) -> bool:
         """Whether the coming ``step()`` takes a Hessian-vector product, so backward must build a graph."""
         return any(self._group_due(group) for group in self.param_groups)
+
+    # -- probes ---------------------------------------------------------------------------
+    def _probes(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One Rademacher probe per parameter from the optimizer's own generator, the same on every rank."""
+        if self._probe_generator is None:
+            # Agreed with the first rank once, so ranks whose global RNGs differ still draw alike.
+            seed = broadcast_int(self._probe_seed, active_process_group(self.process_group))
+            self._probe_seed = seed
+            self._probe_generator = torch.Generator(device=params[0].device).manual_seed(seed)
+            if self._probe_generator_state is not None:
+                self._probe_generator.set_state(self._probe_generator_state)
+                self._probe_generator_state = None
+        return rademacher_like(params, generator=self._probe_generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        generator = self._probe_generator
+        state[PROBE_GENERATOR] = {
+            "seed": self._probe_seed,
+            "state": generator.get_state() if generator is not None else self._probe_generator_state,
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop(PROBE_GENERATOR, None)  # absent in checkpoints older than the generator
+        super().load_state_dict(state_dict)
+        if saved is not None:
+            self._probe_seed = int(saved["seed"])
+            self._probe_generator = None  # rebuilt on the next probe, on the parameters' device
+            self._probe_generator_state = saved["state"]
+        self._pending_hvp = None
+
+    # -- accumulation ---------------------------------------------------------------------
+    def _params_with_grad(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def accumulate(self, loss: torch.Tensor | None = None) -> None:
+        """Fold one micro-batch into the coming ``step()``.
+
+        With ``loss``, first runs ``loss.backward(create_graph=self.should_create_graph())`` into this
+        optimizer's parameters; without, the caller has just run that backward (for several
+        optimizers at once, say). Gradients add up in ``p.grad`` as with plain backward; on a
+        curvature step this micro-batch's H·v, for the step's one probe, is added to the step's
+        sum and its graph is freed. Divide each micro-batch's loss by the number of micro-batches
+        for the step to see their mean, as a full batch would.
+        """
+        due = self.should_create_graph()
+        if loss is not None:
+            params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+            with torch.enable_grad():
+                loss.backward(create_graph=due, inputs=params)
+        if not due:
+            return
+        params = self._params_with_grad()
+        grads = [p.grad for p in params]
+        if not any(g.requires_grad for g in grads):
+            raise RuntimeError(f"{type(self).__name__}: {MISSING_GRAPH_HINT}")
+        try:
+            if self._pending_hvp is None:
+                self._pending_hvp = HvpSum(params, self._probes(params))
+            elif params != self._pending_hvp.params:
+                raise RuntimeError(
+                    f"{type(self).__name__}.accumulate: the parameters with a gradient changed between micro-batches "
+                    f"({len(self._pending_hvp.params)} before, {len(params)} now); every micro-batch of a step "
+                    "must reach the same parameters"
+                )
+            self._pending_hvp.add(grads)
+        finally:
+            _release_graph(params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none=set_to_none)
+        self._pending_hvp = None  # a new step starts: no micro-batch has been folded in yet
 
     # -- step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -103,15 +224,18 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             groups.append((group, params, self._group_due(group)))
 
         all_params = [p for _, params, _ in groups for p in params]
+        pending, self._pending_hvp = self._pending_hvp, None
         if not all_params:
             return loss
-        all_grads = [p.grad for p in all_params]
         try:
-            samples: dict[torch.Tensor, torch.Tensor] = {}
-            due_params = [p for _, params, due in groups if due for p in params]
-            if due_params:
-                samples = self._curvature_samples(all_params, all_grads, set(due_params))
-            if not _all_finite(all_grads + list(samples.values())):
+            due = {p for _, params, due in groups if due for p in params}
+            products = self._products(all_params, due, pending) if due else {}
+            grads = [p.grad.detach() for p in all_params]  # the same storage as p.grad
+            # Averaged before the estimator squares anything; grads and H·v share the buckets.
+            all_reduce_mean_(grads + list(products.values()), active_process_group(self.process_group))
+            estimate = ESTIMATORS[self.estimator]
+            samples = {p: estimate(v, h) for p, (v, h) in products.items()}
+            if not _all_finite(grads + list(samples.values())):
                 warnings.warn(
                     f"{type(self).__name__}: non-finite gradient or Hessian-vector product; "
                     f"step {self.param_groups[0][STEP_COUNT]} skipped, optimizer state unchanged",
@@ -119,10 +243,11 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                     stacklevel=2,
                 )
                 return loss
-            for group, params, due in groups:
-                group_samples = [samples[p] for p in params] if due else None
-                self._update_group(group, params, [p.grad.detach() for p in params], group_samples)
-                if due:
+            grad_of = dict(zip(all_params, grads))
+            for group, params, group_due in groups:
+                group_samples = [samples[p] for p in params] if group_due else None
+                self._update_group(group, params, [grad_of[p] for p in params], group_samples)
+                if group_due:
                     group[LAST_HVP_STEP] = group[STEP_COUNT]
             for group in self.param_groups:
                 group[STEP_COUNT] += 1
@@ -130,17 +255,27 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             _release_graph(all_params)
         return loss
 
-    def _curvature_samples(
-        self, all_params: list[torch.Tensor], all_grads: list[torch.Tensor], due: set[torch.Tensor]
-    ) -> dict[torch.Tensor, torch.Tensor]:
-        """The estimator's sample for every parameter of a due group, from one probe over all parameters."""
+    def _products(
+        self, all_params: list[torch.Tensor], due: set[torch.Tensor], pending: HvpSum | None
+    ) -> dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(probe, H·v) of every parameter of a due group, from one probe over all parameters (so
+        that H is the whole Hessian): the micro-batches' sum if ``accumulate()`` gathered one, else
+        one double backward now."""
+        if pending is not None:
+            if pending.params != all_params:
+                raise RuntimeError(
+                    f"{type(self).__name__}.step: the accumulated H·v covers {len(pending.params)} parameters but "
+                    f"{len(all_params)} have a gradient; call accumulate() after the last micro-batch's backward"
+                )
+            return {p: (v, h) for p, v, h in zip(all_params, pending.probes, pending.total) if p in due}
+        all_grads = [p.grad for p in all_params]
         if not any(g.requires_grad for g in all_grads):
-            raise RuntimeError(f"{type(self).__name__}: {MISSING_GRAPH_HINT}")
-        probes = rademacher_like(all_params)
+            hint = _DDP_HINT if active_process_group(self.process_group) is not None else ""
+            raise RuntimeError(f"{type(self).__name__}: {MISSING_GRAPH_HINT}{hint}")
+        probes = self._probes(all_params)
         with torch.enable_grad():
             products = hvp(all_grads, all_params, probes)
-        estimate = ESTIMATORS[self.estimator]
-        return {p: estimate(v, h) for p, v, h in zip(all_params, probes, products) if p in due}
+        return {p: (v, h) for p, v, h in zip(all_params, probes, products) if p in due}
 
     def _update_group(
         self,
@@ -198,6 +333,12 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         """The kernel's keyword arguments from a group; subclasses add their own to these."""
         beta1, beta2 = group["betas"]
         return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+
+
+_DDP_HINT = (
+    "; a model wrapped in DistributedDataParallel must run forward and backward inside model.no_sync(), "
+    "since this optimizer averages gradients and H·v over the process group itself"
+)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

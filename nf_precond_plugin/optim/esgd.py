@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
 from nf_precond_plugin.curvature import (
     SPARSE_CURVATURE,
@@ -203,6 +204,10 @@ class ESGD(CurvatureOptimizer):
         variant: ``"ema"`` (ESGD) or ``"max"`` (ESGD-max; rule="paper" only).
         bias_correction: debias the curvature EMA by all optimizer steps (``"paper"``, as the
             paper's code) or by the number of Hessian-vector products taken (``"hvp"``); rule="paper" only.
+        process_group: the torch.distributed group to average gradients and H·v over (default:
+            the world, once initialised; nothing to average in a single process).
+        probe_seed: seed of the optimizer's probe generator (default: drawn from torch's global
+            RNG at construction, then agreed with the first rank).
     """
 
     estimator = "equilibration"
@@ -223,6 +228,8 @@ class ESGD(CurvatureOptimizer):
         sparse_threshold: float = SPARSE_CURVATURE,
         variant: Literal["ema", "max"] = "ema",
         bias_correction: Literal["paper", "hvp"] = "paper",
+        process_group: dist.ProcessGroup | None = None,
+        probe_seed: int | None = None,
     ) -> None:
         check_choice("rule", rule, RULES)
         given = dict(
@@ -261,7 +268,7 @@ class ESGD(CurvatureOptimizer):
             variant=variant,
             bias_correction=bias_correction,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
 
     def _extra_state(self, group: dict[str, Any]) -> dict[str, Any]:
         if group["rule"] != "clipped":
