@@ -232,7 +232,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             products = self._products(all_params, due, pending) if due else {}
             grads = [p.grad.detach() for p in all_params]  # the same storage as p.grad
             # Averaged before the estimator squares anything; grads and H·v share the buckets.
-            all_reduce_mean_(grads + list(products.values()), active_process_group(self.process_group))
+            all_reduce_mean_(grads + [h for _, h in products.values()], active_process_group(self.process_group))
             estimate = ESTIMATORS[self.estimator]
             samples = {p: estimate(v, h) for p, (v, h) in products.items()}
             if not _all_finite(grads + list(samples.values())):

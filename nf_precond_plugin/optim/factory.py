@@ -48,6 +48,8 @@ class OptimizerSpec:
     """Constructor arguments this name implies (overrides may still change them)."""
     paper_lrs: tuple[float, float] | None = None
     """The paper's lr for (smooth, ReLU(-PE)) fields; None where the paper gives none."""
+    single_process: str | None = None
+    """Why it cannot train data-parallel (its statistics are per process), or None if it can."""
 
 
 def _adam(model, params, lr, kwargs):
@@ -162,7 +164,12 @@ _SPECS: dict[str, OptimizerSpec] = {
         lambda: 1e-2,
         fixed=dict(momentum=0.0, preconditioning_compute_steps=1, matrix_eps=1e-6),
     ),
-    "kfac": OptimizerSpec("KFACAdam: K-FAC factors (NNGeometry), then Adam", _kfac, _kfac_lr),
+    "kfac": OptimizerSpec(
+        "KFACAdam: K-FAC factors (NNGeometry), then Adam",
+        _kfac,
+        _kfac_lr,
+        single_process="its Kronecker factors come from each process's own activations, so ranks would diverge",
+    ),
     "muon": OptimizerSpec(
         "torch.optim.Muon on hidden weights (float32 Newton–Schulz on the CPU), Adam 1e-3 on the rest",
         _muon,
@@ -172,6 +179,7 @@ _SPECS: dict[str, OptimizerSpec] = {
         "pytorch_optimizer.SophiaH: clipped Hutchinson-diagonal steps, H·v every 10 steps",
         _sophiah,
         lambda: 0.06,
+        single_process="its Hutchinson probes and H·v are per process and are not averaged",
     ),
 }
 if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
@@ -196,6 +204,13 @@ def paper_lr(optimizer: str, activation: str) -> float | None:
     """The paper's lr for this optimizer and activation, or None where the paper gives none."""
     lrs = optimizer_spec(optimizer).paper_lrs
     return None if lrs is None else lrs[1 if activation in RELU_LIKE else 0]
+
+
+def check_data_parallel(name: str) -> None:
+    """ValueError naming the optimizer if it cannot train over several processes."""
+    reason = optimizer_spec(name).single_process
+    if reason is not None:
+        raise ValueError(f"{name} cannot train data-parallel: {reason}; run it in one process")
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, **overrides: Any) -> torch.optim.Optimizer:

@@ -79,6 +79,7 @@ def standalone_main(
     from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr
     from nf_precond_plugin.runtime import configure_entry_point
     from nf_precond_plugin.training import RunSettings, run_task
+    from nf_precond_plugin.training.distributed import join_process_group, leave_process_group
 
     defaults, argv = config_defaults(config_type, argv)
     config = tyro.cli(config_type, args=argv, default=defaults, prog=prog)
@@ -98,7 +99,13 @@ def standalone_main(
         resume=config.resume,
         config=dataclasses.asdict(config),
     )
-    summary = run_task(task, settings)
+    ranks = join_process_group("cpu")  # the standalone tasks train on the CPU: gloo
+    try:
+        summary = run_task(task, settings)
+    finally:
+        leave_process_group()
+    if not ranks.is_main:
+        return summary
 
     console = Console(stderr=True)
     table = Table(title=f"{task.name}: {task.describe().get('source', '')}")

@@ -9,6 +9,12 @@ checkpoints and resume, and the run directory:
 
 Several optimizers can be compared in one run: each starts from the same initial weights and
 sees the same minibatches (each epoch's order is drawn from a generator seeded by (seed, epoch)).
+
+Under ``torchrun --nproc-per-node N`` every rank takes its 1/N of each global minibatch
+(``training.distributed``); the global batches, their order, the probes and so the result are
+those of one process, up to the rounding of the averages. Rank 0 alone evaluates, writes the run
+directory and checkpoints and shows progress. A checkpoint holds the replicated state only, so a
+run started on N processes resumes on any number.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import torch
 import yaml
 
 from nf_precond_plugin.errors import TrainingDiverged, UserInputError
-from nf_precond_plugin.optim.factory import build_optimizer
+from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel
 from nf_precond_plugin.rundir import new_run_dir
+from nf_precond_plugin.training.distributed import Ranks, current_ranks, from_main, local_shard
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 if TYPE_CHECKING:
@@ -87,6 +94,18 @@ def _validate(settings: RunSettings) -> None:
     for name, lr in settings.learning_rates.items():
         if not lr > 0:
             raise UserInputError(f"--lr for {name}: expected a learning rate > 0, got {lr}")
+    ranks = current_ranks()
+    if ranks.world_size > 1:
+        if settings.batch_size % ranks.world_size:
+            raise UserInputError(
+                f"--batch-size {settings.batch_size}: expected a multiple of the {ranks.world_size} processes, "
+                "so that every rank takes an equal shard of each minibatch"
+            )
+        for name in settings.optimizers:
+            try:
+                check_data_parallel(name)
+            except ValueError as error:
+                raise UserInputError(f"--optimizer/--compare: {error}") from None
 
 
 def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
@@ -95,9 +114,11 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
 
     console = Console(stderr=True)
     _validate(settings)
-    run_dir = _open_run_dir(task, settings)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(settings.config), sort_keys=False))
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    ranks = current_ranks()
+    run_dir = _shared_run_dir(task, settings, ranks)
+    if ranks.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(settings.config), sort_keys=False))
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
 
     torch.manual_seed(settings.seed)
     initial_state = copy.deepcopy(task.build_model().state_dict())
@@ -111,6 +132,14 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
         histories[name], results[name] = _train_one(
             task, settings, name, initial_state, run_dir, console, write_progress
         )
+    summary = {
+        "task": task.name,
+        "metric": task.metric,
+        "optimizers": {name: results[name] for name in settings.optimizers},
+        "run_dir": str(run_dir),
+    }
+    if not ranks.is_main:
+        return summary
     _write_metrics(run_dir / "metrics.csv", histories, task.metric)
 
     from nf_precond_plugin.training.plots import convergence_plot
@@ -119,9 +148,7 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
         histories, task.metric, run_dir / "convergence.png", title=f"{task.name}: {task.describe().get('source', '')}"
     )
     summary = {
-        "task": task.name,
-        "metric": task.metric,
-        "optimizers": {name: results[name] for name in settings.optimizers},
+        **summary,
         "data": task.describe(),
         "config": _plain(settings.config),
         "seed": settings.seed,
@@ -132,12 +159,29 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "threads": torch.get_num_threads(),
+            "processes": ranks.world_size,
         },
         "files": {"metrics": "metrics.csv", "plot": plot.name},
         "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))  # last: marks the run complete
     return summary
+
+
+def _shared_run_dir(task: Task, settings: RunSettings, ranks: Ranks) -> Path:
+    """Rank 0 opens (or checks) the run directory; every rank gets its path, or rank 0's error."""
+    opened: tuple[str, str] = ("", "")
+    if ranks.is_main:
+        try:
+            opened = ("ok", str(_open_run_dir(task, settings)))
+        except UserInputError as error:
+            opened = ("error", str(error))
+    if ranks.world_size > 1:
+        opened = from_main(opened)
+    outcome, text = opened
+    if outcome == "error":
+        raise UserInputError(text)
+    return Path(text)
 
 
 def _open_run_dir(task: Task, settings: RunSettings) -> Path:
@@ -212,11 +256,13 @@ def save_checkpoint(run: OptimizerRun) -> None:
 
 def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[str, Any]:
     """One epoch of minibatch steps (the data order is seeded by (seed, epoch)); returns its metrics row."""
+    ranks = current_ranks()
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + run.epoch)
     inputs, targets = task.epoch_data(run.epoch, generator)
     epoch_loss, batches = 0.0, 0
     for begin in range(0, inputs.shape[0] - settings.batch_size + 1, settings.batch_size):
-        x, y = inputs[begin : begin + settings.batch_size], targets[begin : begin + settings.batch_size]
+        x = local_shard(inputs[begin : begin + settings.batch_size], ranks)
+        y = local_shard(targets[begin : begin + settings.batch_size], ranks)
 
         def compute_loss(x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
             prediction = run.model(x)
@@ -248,7 +294,7 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
         "optimizer_step_seconds": run.optimizer_step_seconds,
         "loss": epoch_loss / batches,
     }
-    if run.epoch % settings.eval_every == 0 or run.epoch == settings.epochs:
+    if ranks.is_main and (run.epoch % settings.eval_every == 0 or run.epoch == settings.epochs):
         run.model.eval()
         row.update(task.evaluate(run.model, run.last_batch))
         run.model.train()
@@ -266,11 +312,12 @@ def _train_one(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    main = current_ranks().is_main
+    torch.manual_seed(settings.seed)  # the same probe seed (drawn by the optimizer) for every compared optimizer
     run = build_run(task, settings, name, initial_state, run_dir)
     if settings.resume is not None and resume_run(run):
-        console.print(f"[{name}] resumed from {run.checkpoint_path} at epoch {run.epoch}")
-    else:
-        torch.manual_seed(settings.seed)  # the same probe stream for every compared optimizer
+        if main:
+            console.print(f"[{name}] resumed from {run.checkpoint_path} at epoch {run.epoch}")
 
     columns = [
         TextColumn("{task.description}"),
@@ -279,20 +326,21 @@ def _train_one(
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    with Progress(*columns, console=console, disable=not settings.progress, transient=False) as progress:
+    with Progress(*columns, console=console, disable=not (settings.progress and main), transient=False) as progress:
         bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=run.epoch, status="")
         while run.epoch < settings.epochs:
             row = train_epoch(task, settings, run)
             run.history.append(row)
-            save_checkpoint(run)
-            on_epoch(run.history)  # metrics.csv follows training live
+            if main:
+                save_checkpoint(run)
+                on_epoch(run.history)  # metrics.csv follows training live
             metric = row.get(task.metric)
             status = f"loss {row['loss']:.4g}" + (f"  {task.metric} {metric:.3f}" if metric is not None else "")
             progress.update(bar, advance=1, status=status)
 
     evaluated = [row for row in run.history if task.metric in row]
     final = evaluated[-1] if evaluated else {}
-    exports = task.export(run.model, run_dir, name)
+    exports = task.export(run.model, run_dir, name) if main else []
     result = {
         "lr": settings.learning_rates[name],
         "final": {k: v for k, v in final.items() if k != "optimizer"},

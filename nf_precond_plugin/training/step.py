@@ -8,10 +8,21 @@
 A curvature optimizer differentiates the gradient again on its H·v steps, so backward must keep
 the gradient's graph exactly then (``should_create_graph()``), and only then: a graph on every step
 would cost memory and time for nothing. Optimizers without that method never need one.
+
+Across processes (torch.distributed initialised), an optimizer that ``reduces_gradients`` itself
+(the curvature optimizers: they must take H·v from the local graph first) averages in its
+``step()``; every other optimizer's gradients are averaged here, in the same buckets, before its
+``step()``. A model wrapped in DistributedDataParallel runs forward and backward inside
+``no_sync()`` when a curvature optimizer is present, since DDP cannot reduce gradients that carry
+a graph; with plain optimizers only, DDP does its own reduction and nothing is averaged here.
+
+Gradient accumulation: ``micro_batch=(k, K)`` divides the loss by K, zeroes gradients at k = 0,
+folds curvature optimizers' H·v in with ``accumulate()`` and steps at k = K − 1 only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +30,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_
 
 AuxT = TypeVar("AuxT")
 
@@ -36,6 +50,28 @@ def needs_create_graph(*optimizers: torch.optim.Optimizer) -> bool:
     return any(getattr(opt, "should_create_graph", lambda: False)() for opt in optimizers)
 
 
+def reduces_own_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` averages gradients over the process group itself."""
+    return bool(getattr(optimizer, "reduces_gradients", False))
+
+
+def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    """Average over the default process group the gradients of the optimizers that do not do it
+    themselves, one all-reduce per bucket; returns the number of all-reduces (0 in one process)."""
+    group = active_process_group()
+    if group is None:
+        return 0
+    grads = [
+        p.grad
+        for opt in optimizers
+        if not reduces_own_gradients(opt)
+        for param_group in opt.param_groups
+        for p in param_group["params"]
+        if p.grad is not None
+    ]
+    return all_reduce_mean_(grads, group)
+
+
 @dataclass
 class StepResult(Generic[AuxT]):
     loss: torch.Tensor
@@ -44,6 +80,8 @@ class StepResult(Generic[AuxT]):
     """Whatever ``compute_loss`` returned next to the loss (a prediction, say)."""
     optimizer_seconds: float
     """Time spent inside the optimizers' ``step()`` (where the H·v is taken)."""
+    stepped: bool = True
+    """False for a micro-batch that only accumulated (all but the last of a step)."""
 
 
 def training_step(
@@ -53,8 +91,10 @@ def training_step(
     inputs: Sequence[torch.Tensor] | None = None,
     apply_step: Callable[[], None] | None = None,
     check_finite: bool = True,
+    micro_batch: tuple[int, int] = (0, 1),
+    model: torch.nn.Module | None = None,
 ) -> StepResult[AuxT]:
-    """One step of the contract above over ``optimizers``.
+    """One step (or one micro-batch of it) of the contract above over ``optimizers``.
 
     Args:
         optimizers: every optimizer the loss's parameters belong to.
@@ -63,16 +103,34 @@ def training_step(
         apply_step: replaces ``opt.step()`` for each optimizer (nerfstudio's ``optimizer_step_all``).
         check_finite: raise ``NonFiniteLossError`` before backward when the loss is NaN or ±inf
             (one host synchronisation).
+        micro_batch: ``(k, K)``: this is micro-batch k of K of one step (gradient accumulation).
+        model: the module, if it may be wrapped in DistributedDataParallel (see above).
     """
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    loss, aux = compute_loss()
-    if check_finite:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(value)
-    loss.backward(create_graph=needs_create_graph(*optimizers), inputs=None if inputs is None else list(inputs))
+    index, count = micro_batch
+    if not 0 <= index < count:
+        raise ValueError(f"micro_batch: expected (k, K) with 0 <= k < K, got {micro_batch}")
+    if index == 0:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+    curvature = [opt for opt in optimizers if reduces_own_gradients(opt)]
+    wrapped = isinstance(model, DistributedDataParallel)
+    unsynced = model.no_sync() if wrapped and curvature else contextlib.nullcontext()
+    with unsynced:
+        loss, aux = compute_loss()
+        if check_finite:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(value)
+        scaled = loss / count if count > 1 else loss
+        scaled.backward(create_graph=needs_create_graph(*optimizers), inputs=None if inputs is None else list(inputs))
+    if count > 1:
+        for opt in curvature:
+            opt.accumulate()
+    if index < count - 1:
+        return StepResult(loss.detach(), aux, 0.0, stepped=False)
     start = time.perf_counter()
+    if not (wrapped and not curvature):  # else DDP has averaged them in backward
+        average_gradients(optimizers)
     if apply_step is None:
         for opt in optimizers:
             opt.step()

@@ -1,0 +1,99 @@
+"""Several processes for the standalone runner: torchrun's environment → one process group.
+
+    torchrun --nproc-per-node N standalone/image.py --compare adam,esgd
+
+Each rank trains the same model on its contiguous 1/N of every global minibatch, so the global
+batch, its order and (with the curvature optimizers' own probe generator) the probes are those
+of the one-process run; gradients and H·v are averaged before every update (``optim.base``), so
+the ranks' parameters stay identical. Rank 0 alone writes the run directory and shows progress.
+
+A rank that dies makes its peers' next collective fail (gloo: the connection closes) or time out
+after ``COLLECTIVE_TIMEOUT_ENV`` seconds, so no run hangs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nf_precond_plugin.errors import UserInputError
+
+COLLECTIVE_TIMEOUT_ENV = "NF_PRECOND_COLLECTIVE_TIMEOUT"
+"""Seconds a collective may wait for a peer before the run fails (default 300)."""
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the data-parallel processes."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    """The default process group's ranks, or a single process when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def collective_timeout() -> timedelta:
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, str(DEFAULT_COLLECTIVE_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserInputError(f"{COLLECTIVE_TIMEOUT_ENV}={raw}: expected a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
+def join_process_group(device_type: str = "cpu") -> Ranks:
+    """Initialise the default process group from torchrun's environment (gloo on the CPU, nccl on
+    CUDA) when it names more than one process; a no-op otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return current_ranks()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Ranks()
+    if not dist.is_available():  # pragma: no cover - every supported torch build has it
+        raise UserInputError(f"WORLD_SIZE={world_size}: this torch build has no torch.distributed")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=collective_timeout())
+    return current_ranks()
+
+
+def leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself in one process)."""
+    if current_ranks().world_size == 1:
+        return value
+    carrier: list[Any] = [value]
+    dist.broadcast_object_list(carrier, src=0)
+    return carrier[0]
+
+
+def local_shard(batch: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """This rank's contiguous 1/N of a global minibatch (the batch size is checked to divide)."""
+    if ranks.world_size == 1:
+        return batch
+    size = batch.shape[0] // ranks.world_size
+    return batch[ranks.rank * size : (ranks.rank + 1) * size]
