@@ -2,7 +2,8 @@
 
 Library code raises ``UserInputError`` (a path, a file's content or an option, named in the
 message) or ``TrainingDiverged``; entry points run inside ``reported_as_one_line(prog)``, which
-prints one line on stderr and exits with status 2 (bad input) or 3 (training stopped), without
+prints one line on stderr and exits with status 2 (bad input) or 3 (training stopped: diverged, or
+a peer process of a data-parallel run lost), without
 a traceback. nerfstudio's ``ns-*`` commands are entry points too: the trainer wraps its own hooks.
 """
 
@@ -25,11 +26,16 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class PeerProcessLost(RuntimeError):
+    """A collective failed or timed out: another process of a data-parallel run died or hung."""
+
+
 def _print_line(prog: str, kind: str, message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     colour = "yellow" if kind == "interrupted" else "red"
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"{prog}: [{colour}]{kind}:[/{colour}] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"{prog}: [{colour}]{kind}:[/{colour}] {escape(message)}")
 
 
 @contextmanager
@@ -40,7 +46,7 @@ def reported_as_one_line(prog: str) -> Iterator[None]:
     except UserInputError as error:
         _print_line(prog, "error", str(error))
         raise SystemExit(EXIT_BAD_INPUT) from None
-    except TrainingDiverged as error:
+    except (TrainingDiverged, PeerProcessLost) as error:
         _print_line(prog, "training stopped", str(error))
         raise SystemExit(EXIT_TRAINING_STOPPED) from None
     except KeyboardInterrupt:

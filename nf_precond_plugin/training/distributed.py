@@ -14,6 +14,8 @@ after ``COLLECTIVE_TIMEOUT_ENV`` seconds, so no run hangs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.errors import PeerProcessLost, UserInputError
 
 COLLECTIVE_TIMEOUT_ENV = "NF_PRECOND_COLLECTIVE_TIMEOUT"
 """Seconds a collective may wait for a peer before the run fails (default 300)."""
@@ -97,3 +99,28 @@ def local_shard(batch: torch.Tensor, ranks: Ranks) -> torch.Tensor:
         return batch
     size = batch.shape[0] // ranks.world_size
     return batch[ranks.rank * size : (ranks.rank + 1) * size]
+
+
+def _is_collective_failure(error: BaseException) -> bool:
+    if isinstance(error, dist.DistError):
+        return True
+    # gloo reports a closed or reset peer connection as a plain RuntimeError
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("gloo", "Connection reset", "Connection closed", "NCCL", "timed out")
+    )
+
+
+@contextmanager
+def peers_watched(ranks: Ranks, kept: str) -> Iterator[None]:
+    """Turn a failed collective into ``PeerProcessLost`` (one line) naming this rank and what is kept."""
+    try:
+        yield
+    except Exception as error:
+        if ranks.world_size == 1 or not _is_collective_failure(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PeerProcessLost(
+            f"rank {ranks.rank} of {ranks.world_size}: a collective failed, so another process of this run "
+            f"died or hung ({first_line[:160]}); {kept}"
+        ) from None

@@ -35,7 +35,7 @@ import yaml
 from nf_precond_plugin.errors import TrainingDiverged, UserInputError
 from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel
 from nf_precond_plugin.rundir import new_run_dir
-from nf_precond_plugin.training.distributed import Ranks, current_ranks, from_main, local_shard
+from nf_precond_plugin.training.distributed import Ranks, current_ranks, from_main, local_shard, peers_watched
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 if TYPE_CHECKING:
@@ -329,7 +329,9 @@ def _train_one(
     with Progress(*columns, console=console, disable=not (settings.progress and main), transient=False) as progress:
         bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=run.epoch, status="")
         while run.epoch < settings.epochs:
-            row = train_epoch(task, settings, run)
+            kept = f"resume with --resume {run_dir}"
+            with peers_watched(current_ranks(), kept):
+                row = train_epoch(task, settings, run)
             run.history.append(row)
             if main:
                 save_checkpoint(run)
