@@ -138,3 +138,82 @@ def test_a_killed_rank_stops_the_others_within_a_bounded_time(tmp_path):
     assert "training stopped: rank 0 of 2: a collective failed" in last_line
     assert "--resume" in last_line
     victim.wait()
+
+
+# Early in a float32 fit of the image (10–12 dB) a split batch's rounding grows to ~1e-3 relative
+# in the weights after 24 steps (float64: 1.5e-12), ~0.01 dB of PSNR. The toy problem above holds
+# the mathematics itself to 1e-6; these check the command line, the sharding and the files.
+FLOAT32_PSNR_DRIFT = 0.03
+
+
+def torchrun(*command: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *command[1:]]
+
+
+def run(command: list[str], **environment: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **environment},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def psnr_by_epoch(run_dir: Path) -> dict[tuple[str, int], float]:
+    import csv
+
+    with (run_dir / "metrics.csv").open() as handle:
+        return {(row["optimizer"], int(row["epoch"])): float(row["psnr"]) for row in csv.DictReader(handle)}
+
+
+def only_run_dir(parent: Path) -> Path:
+    runs = [path for path in parent.iterdir() if path.is_dir()]
+    assert len(runs) == 1, runs  # rank 0 alone opened a run directory
+    return runs[0]
+
+
+def test_torchrun_standalone_image_matches_one_process(tmp_path):
+    options = ("--compare", "adam,esgd", "--epochs", "2")
+    run(image_command(*options, "--output-dir", str(tmp_path / "one")))
+    run(torchrun(*image_command(*options, "--output-dir", str(tmp_path / "two"))))
+    one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")
+    expected, got = psnr_by_epoch(one), psnr_by_epoch(two)
+    assert expected.keys() == got.keys() == {(n, e) for n in ("adam", "esgd") for e in (1, 2)}
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=FLOAT32_PSNR_DRIFT), key
+    import json
+
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["environment"]["processes"] == 2
+    assert (two / "reconstruction-esgd.png").is_file()
+
+
+def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    """The checkpoint holds replicated state only: 1 → 2 and 2 → 1 processes continue exactly."""
+    options = ("--optimizer", "esgd")
+    run(image_command(*options, "--epochs", "3", "--output-dir", str(tmp_path / "reference")))
+    expected = psnr_by_epoch(only_run_dir(tmp_path / "reference"))[("esgd", 3)]
+    for first, then in ((image_command, torchrun), (lambda *c: torchrun(*image_command(*c)), None)):
+        parent = tmp_path / f"from-{'one' if then else 'two'}"
+        run(first(*options, "--epochs", "2", "--output-dir", str(parent)))
+        run_dir = only_run_dir(parent)
+        (run_dir / "summary.json").unlink()  # as if stopped after epoch 2 of 3
+        resume = image_command(*options, "--epochs", "3", "--resume", str(run_dir))
+        run(then(*resume) if then else resume)
+        assert psnr_by_epoch(run_dir)[("esgd", 3)] == pytest.approx(expected, abs=FLOAT32_PSNR_DRIFT)
+
+
+def test_optimizers_with_per_process_statistics_are_refused_with_one_line(tmp_path):
+    done = subprocess.run(
+        torchrun(*image_command("--optimizer", "kfac", "--epochs", "1", "--output-dir", str(tmp_path))),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "error: --optimizer/--compare: kfac cannot train data-parallel" in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written
