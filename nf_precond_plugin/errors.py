@@ -35,7 +35,9 @@ def _print_line(prog: str, kind: str, message: str) -> None:
     from rich.markup import escape
 
     colour = "yellow" if kind == "interrupted" else "red"
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"{prog}: [{colour}]{kind}:[/{colour}] {escape(message)}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{prog}: [{colour}]{kind}:[/{colour}] {escape(message)}"
+    )
 
 
 @contextmanager

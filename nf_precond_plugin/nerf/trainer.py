@@ -5,6 +5,13 @@ optimizer of the pipeline: on H·v steps ``loss.backward(create_graph=True)`` le
 are still functions of the parameters, and the optimizer's ``step()`` differentiates g·v again to
 get Hv, then frees the graph. On every other step (and for Adam) the same backward runs without a
 graph, which costs what nerfstudio's own ``loss.backward()`` costs.
+
+Several devices (``--machine.num-devices N``): the pipeline is not wrapped in DDP; each device
+traces its own rays (nerfstudio seeds each rank apart), and before every update the gradients are
+averaged over the devices (and, on H·v steps, the curvature optimizers' H·v for the probe they
+share). Only rank 0 writes checkpoints. Gradient accumulation (``--gradient-accumulation-steps``):
+nerfstudio's step counts micro-batches; each one's loss is divided by their number K, so an
+update sees their mean as one K-times larger batch would, and its H·v is folded in as it comes.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ from pathlib import Path
 import torch
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
 from nerfstudio.utils import profiler
+from nerfstudio.utils.decorators import check_main_thread
 
 from nf_precond_plugin.errors import TrainingDiverged, reported_as_one_line
 from nf_precond_plugin.nerf.checkpoints import keep_only, save_atomically
 from nf_precond_plugin.nerf.convergence import ConvergenceLog
 from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig
-from nf_precond_plugin.nerf.trainer_policy import check_supported
+from nf_precond_plugin.nerf.trainer_policy import accumulation_steps, check_supported
 from nf_precond_plugin.optim.base import CurvatureOptimizer
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
@@ -57,6 +65,9 @@ class CurvatureTrainer(Trainer):
             super().setup(test_mode=test_mode)
 
     def train(self) -> None:
+        # nerfstudio's trainer writes dataparser_transforms.json on every rank with a non-exist_ok
+        # mkdir; ns-train made the directory before spawning, other launchers race on it.
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         with reported_as_one_line(PROG):
             super().train()
 
@@ -73,9 +84,10 @@ class CurvatureTrainer(Trainer):
 
     @profiler.time_function
     def _train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
-        accumulates = any(n != 1 for n in self.config.gradient_accumulation_steps.values())
-        if not self._curvature_optimizers() and (self.mixed_precision or self.use_grad_scaler or accumulates):
-            return super().train_iteration(step)  # nerfstudio's own loop handles what Adam may use
+        micro_batches = accumulation_steps(self.config)
+        if self.world_size == 1 and not self._curvature_optimizers():
+            if self.mixed_precision or self.use_grad_scaler or micro_batches is None:
+                return super().train_iteration(step)  # nerfstudio's own loop handles what Adam may use
 
         def compute_loss() -> tuple[torch.Tensor, tuple[dict, dict]]:
             _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
@@ -88,6 +100,7 @@ class CurvatureTrainer(Trainer):
                 compute_loss,
                 inputs=params,
                 apply_step=self.optimizers.optimizer_step_all,  # nerfstudio's, with its max_norm clipping
+                micro_batch=(step % micro_batches, micro_batches),
             )
         except NonFiniteLossError as error:
             raise TrainingDiverged(
@@ -107,6 +120,7 @@ class CurvatureTrainer(Trainer):
         # Logged, not differentiated again: the writers call float() on them.
         return result.loss, {k: v.detach() for k, v in loss_dict.items()}, metrics_dict
 
+    @check_main_thread
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint, written atomically and loadable with ``weights_only``."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
-"""What the curvature optimizers refuse in nerfstudio's trainer settings, each with the option named.
+"""What the CurvatureTrainer refuses in nerfstudio's trainer settings, each with the option named.
 
-A Hessian-vector product differentiates the gradient again, so anything that edits or splits the
-gradient between backward and ``step()`` (clipping, loss scaling, accumulation over several
-backward passes, per-device gradients without a shared probe) would give a wrong H·v.
+A Hessian-vector product differentiates the gradient again, so anything that edits the gradient
+between backward and ``step()`` (clipping, loss scaling) would give a wrong H·v. Several devices
+and gradient accumulation are supported: the trainer averages gradients over devices itself and
+folds each micro-batch's H·v into the step's sum for one shared probe; accumulation then needs
+one number of micro-batches for every parameter group, since one step covers them all.
 """
 
 from __future__ import annotations
@@ -22,24 +24,30 @@ def curvature_groups(config: TrainerConfig) -> list[str]:
     ]
 
 
+def accumulation_steps(config: TrainerConfig) -> int | None:
+    """The one number of micro-batches every parameter group accumulates, or None if they differ."""
+    counts = {config.gradient_accumulation_steps.get(group, 1) for group in config.optimizers}
+    return counts.pop() if len(counts) == 1 else None
+
+
 def check_supported(config: TrainerConfig, world_size: int) -> None:
-    """Refuse the settings the curvature optimizers cannot honour yet, naming the option."""
+    """Refuse the settings the trainer cannot honour, naming the option."""
     groups = curvature_groups(config)
+    devices = max(world_size, config.machine.num_devices * config.machine.num_machines)
+    if devices > 1 and (config.mixed_precision or config.use_grad_scaler):
+        raise UserInputError(
+            f"--mixed-precision/--use-grad-scaler: the CurvatureTrainer averages gradients over the {devices} "
+            "devices itself, in float32; turn mixed precision and the grad scaler off"
+        )
+    if accumulation_steps(config) is None and (groups or devices > 1):
+        raise UserInputError(
+            f"--gradient-accumulation-steps {dict(config.gradient_accumulation_steps)}: every parameter group "
+            f"({', '.join(config.optimizers)}) must accumulate the same number of micro-batches, since one step "
+            "averages and preconditions them all"
+        )
     if not groups:
         return
     optimizer = type(config.optimizers[groups[0]]["optimizer"]).__name__.replace("OptimizerConfig", "")
-    devices = config.machine.num_devices * config.machine.num_machines
-    if world_size > 1 or devices > 1:
-        raise UserInputError(
-            f"--machine.num-devices/--machine.num-machines: {optimizer} runs on one device only "
-            f"(got {devices}); multi-device Hessian-vector products are not supported yet"
-        )
-    accumulated = {g: n for g, n in config.gradient_accumulation_steps.items() if g in groups and n != 1}
-    if accumulated:
-        raise UserInputError(
-            f"--gradient-accumulation-steps {accumulated}: {optimizer} needs the whole loss's graph on one step; "
-            "gradient accumulation is not supported for curvature optimizers"
-        )
     if config.mixed_precision or config.use_grad_scaler:
         raise UserInputError(
             f"--mixed-precision/--use-grad-scaler: {optimizer} takes second derivatives in float32; "

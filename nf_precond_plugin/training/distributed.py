@@ -93,6 +93,15 @@ def from_main(value: T) -> T:
     return carrier[0]
 
 
+def broadcast_module_(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers into every rank's ``module``, in place: what
+    DistributedDataParallel does when it wraps a module, for processes seeded apart."""
+    if current_ranks().world_size == 1:
+        return
+    for tensor in module.state_dict(keep_vars=True).values():
+        dist.broadcast(tensor.data, src=0)
+
+
 def local_shard(batch: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """This rank's contiguous 1/N of a global minibatch (the batch size is checked to divide)."""
     if ranks.world_size == 1:

@@ -12,45 +12,18 @@ import torch
 
 pytest.importorskip("nerfstudio")
 
+from tiny_nerf import EVERY, WARMUP, tiny_config  # noqa: E402
+
 from nf_precond_plugin.errors import EXIT_BAD_INPUT, EXIT_TRAINING_STOPPED, UserInputError  # noqa: E402
 from nf_precond_plugin.nerf import methods  # noqa: E402
 from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.nerf.trainer import CurvatureTrainer  # noqa: E402
 from nf_precond_plugin.nerf.trainer_policy import check_supported  # noqa: E402
 
-WARMUP, EVERY = 2, 3
-
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
     return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", num_views=9, width=32, height=24)
-
-
-def tiny_config(spec, scene: Path, output: Path, iterations: int):
-    config = copy.deepcopy(spec.config)
-    config.data = scene
-    config.pipeline.datamanager.data = scene
-    config.output_dir = output
-    config.vis = "tensorboard"
-    config.machine.device_type = "cpu"
-    config.max_num_iterations = iterations
-    config.steps_per_save = 1000
-    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10_000
-    config.pipeline.datamanager.train_num_rays_per_batch = 64
-    config.pipeline.datamanager.eval_num_rays_per_batch = 64
-    model = config.pipeline.model
-    model.num_layers, model.hidden_dim, model.geo_feat_dim, model.hidden_dim_color, model.num_coarse_samples = (
-        2,
-        16,
-        8,
-        8,
-        8,
-    )
-    optimizer = config.optimizers["fields"]["optimizer"]
-    if hasattr(optimizer, "d_warmup"):
-        optimizer.d_warmup, optimizer.update_d_every = WARMUP, EVERY
-    config.set_timestamp()
-    return config
 
 
 def train(config) -> CurvatureTrainer:
@@ -162,11 +135,15 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(sce
     assert all(torch.isfinite(v).all() for v in kept["pipeline"].values() if v.is_floating_point())
 
 
+def uneven_accumulation(config) -> None:
+    config.optimizers["other"] = copy.deepcopy(config.optimizers["fields"])
+    config.gradient_accumulation_steps.update({"fields": 4})  # "other" takes nerfstudio's default, 1
+
+
 @pytest.mark.parametrize(
     ("change", "option"),
     [
-        (lambda c: setattr(c.machine, "num_devices", 2), "--machine.num-devices"),
-        (lambda c: c.gradient_accumulation_steps.update({"fields": 4}), "--gradient-accumulation-steps"),
+        (uneven_accumulation, "--gradient-accumulation-steps"),
         (lambda c: setattr(c, "mixed_precision", True), "--mixed-precision"),
         (lambda c: setattr(c.optimizers["fields"]["optimizer"], "max_norm", 1.0), "max-norm"),
     ],
@@ -185,11 +162,20 @@ def test_curvature_optimizers_refuse_what_they_cannot_honour(spec, change, optio
     assert message.startswith("ns-train: error: ") and option in message and "\n" not in message
 
 
-def test_adam_may_still_use_accumulation_and_several_devices():
-    config = copy.deepcopy(methods.gaussian_adam.config)
+@pytest.mark.parametrize("spec", [methods.gaussian_esgd, methods.gaussian_adahessian, methods.gaussian_adam])
+def test_accumulation_and_several_devices_are_accepted(spec):
+    config = copy.deepcopy(spec.config)
     config.gradient_accumulation_steps = {"fields": 4}
     config.machine.num_devices = 2
     check_supported(config, world_size=2)
+
+
+def test_mixed_precision_across_devices_is_refused_even_for_adam():
+    config = copy.deepcopy(methods.gaussian_adam.config)
+    config.mixed_precision = True
+    check_supported(config, world_size=1)  # one device: nerfstudio's own loop takes it
+    with pytest.raises(UserInputError, match="--mixed-precision.*averages gradients over the 2 devices"):
+        check_supported(config, world_size=2)
 
 
 def test_the_learning_rate_decays_to_a_tenth_of_the_command_line_lr_over_the_run(scene, tmp_path):

@@ -1,0 +1,129 @@
+"""The CurvatureTrainer on several devices (two gloo processes on the CPU, nerfstudio's own
+``train_loop`` in each) and with gradient accumulation.
+
+nerfstudio's launcher asserts CUDA for several devices, so the processes are started here the way
+torchrun would start them. Each rank traces its own rays, so there is no one-process oracle;
+what must hold is that the ranks' fields are bit-identical after training (every update used the
+averaged gradient and H·v, and the same probe although nerfstudio seeds each rank apart), that
+training moved them, and that rank 0 alone wrote the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import unittest.mock
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nerfstudio")
+
+from tiny_nerf import tiny_config  # noqa: E402
+
+from nf_precond_plugin.nerf import methods  # noqa: E402
+from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
+from nf_precond_plugin.optim.base import LAST_HVP_STEP, STEP_COUNT  # noqa: E402
+
+WORKER = Path(__file__).with_name("multi_device_worker.py")
+ITERATIONS = 8
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", num_views=9, width=32, height=24)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_devices(
+    method: str, scene: Path, out: Path, accumulation: int = 1, *flags: str, world_size: int = 2
+) -> list[dict]:
+    port = free_port()
+    arguments = [method, str(scene), str(out), str(ITERATIONS), "fixed", str(accumulation), *flags]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), *arguments],
+            env=dict(
+                os.environ,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world_size),
+                OMP_NUM_THREADS="1",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world_size)
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    failed = {rank: text[-6000:] for rank, (process, text) in enumerate(zip(processes, errors)) if process.returncode}
+    assert not failed, failed
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(world_size)]
+
+
+@pytest.mark.parametrize(
+    ("method", "accumulation"), [("gaussian-esgd-cpu", 1), ("gaussian-esgd-cpu", 2), ("gaussian-adam-cpu", 1)]
+)
+def test_two_devices_keep_identical_fields_and_rank_zero_writes(scene, tmp_path, method, accumulation):
+    rank0, rank1 = run_devices(method, scene, tmp_path, accumulation)
+    assert all(torch.equal(a, b) for a, b in zip(rank0["params"], rank1["params"])), "the devices' fields differ"
+    assert rank0["steps"] == rank1["steps"] == ITERATIONS // accumulation
+    initial = torch.load(tmp_path / "rank0.pt")["params"]  # (what was saved is the trained field)
+    assert initial is not None
+    checkpoints = sorted(Path(rank0["base_dir"]).glob("nerfstudio_models/step-*.ckpt"))
+    assert [c.name for c in checkpoints] == [f"step-{ITERATIONS - 1:09d}.ckpt"]
+
+
+@pytest.mark.parametrize("method", ["gaussian-esgd-cpu", "gaussian-adam-cpu"])
+def test_two_devices_tracing_the_same_rays_are_the_one_device_run(scene, tmp_path, method):
+    """The mean of two equal gradients (and H·v) is each of them, exactly: so, seeded alike, two
+    devices must reproduce one device bit for bit, which checks the initial broadcast, the shared
+    probe and the averaging together."""
+    from nerfstudio.scripts.train import train_loop
+
+    from nf_precond_plugin.nerf.trainer import CurvatureTrainer
+
+    rank0, _ = run_devices(method, scene, tmp_path / "two", 1, "same-rays")
+    config = tiny_config(getattr(methods, method.replace("-", "_")), scene, tmp_path / "one", ITERATIONS)
+    trainers: list[CurvatureTrainer] = []
+    original_train = CurvatureTrainer.train
+
+    def train_and_keep(trainer: CurvatureTrainer) -> None:
+        original_train(trainer)
+        trainers.append(trainer)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: another thread count sums in another order
+    try:
+        with unittest.mock.patch.object(CurvatureTrainer, "train", train_and_keep):
+            train_loop(local_rank=0, world_size=1, config=config)  # seeds machine.seed + 0, as rank 0
+    finally:
+        torch.set_num_threads(threads)
+    one_device = [p.detach() for p in trainers[0].pipeline.model.parameters()]
+    difference = max(float((a - b).abs().max()) for a, b in zip(rank0["params"], one_device) if a.numel())
+    assert difference == 0.0
+
+
+def test_gradient_accumulation_updates_once_per_micro_batches_with_curvature_steps(scene, tmp_path):
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=ITERATIONS)
+    config.gradient_accumulation_steps = {"fields": 4}
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    field = [p.detach().clone() for p in trainer.pipeline.model.parameters()]
+    trainer.train()
+    group = trainer.optimizers.optimizers["fields"].param_groups[0]
+    assert group[STEP_COUNT] == ITERATIONS // 4  # two updates, each over four micro-batches of rays
+    assert group[LAST_HVP_STEP] == 1  # both were H·v steps (warm-up 2)
+    moved = [not torch.equal(a, b.detach()) for a, b in zip(field, trainer.pipeline.model.parameters())]
+    assert any(moved)
