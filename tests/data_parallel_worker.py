@@ -1,7 +1,8 @@
 """One rank of the data-parallel tests, and the toy problem they share with the one-process oracle.
 
 Run as a script by ``test_data_parallel.py`` with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in
-the environment (what torchrun sets); writes its final parameters to ``OUT/rank<r>.pt``.
+the environment (what torchrun sets); writes its final parameters and the size of every all-reduce
+it made to ``OUT/rank<r>.pt``.
 
     python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64]
 """
@@ -77,8 +78,17 @@ def main(argv: list[str]) -> None:
     dist.init_process_group("gloo")
     ranks = Ranks(dist.get_rank(), dist.get_world_size())
     dtype = torch.float64 if "--float64" in argv else torch.float32
+    all_reduce, calls = dist.all_reduce, []
+
+    def counted_all_reduce(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted_all_reduce
     params = train(name, steps, ranks, ddp="--ddp" in argv, dtype=dtype)
-    torch.save(params, out / f"rank{ranks.rank}.pt")
+    dist.all_reduce = all_reduce
+    torch.save({"params": params, "all_reduce_sizes": calls}, out / f"rank{ranks.rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

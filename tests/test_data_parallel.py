@@ -49,7 +49,7 @@ def rank_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
     )
 
 
-def run_ranks(tmp_path: Path, name: str, *flags: str) -> list[list[torch.Tensor]]:
+def run_ranks(tmp_path: Path, name: str, *flags: str) -> list[dict]:
     port = free_port()
     ranks = [
         subprocess.Popen(
@@ -64,6 +64,17 @@ def run_ranks(tmp_path: Path, name: str, *flags: str) -> list[list[torch.Tensor]
         _, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr[-3000:]
     return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def hvp_steps(name: str) -> list[int]:
+    """The steps the toy cases take H·v on: 0–9, then every 5th (Adam: none)."""
+    if name == "adam":
+        return []
+    case = OPTIMIZER_CASES[name]
+    steps = list(range(case["d_warmup"]))
+    while steps[-1] + case["update_d_every"] < STEPS:
+        steps.append(steps[-1] + case["update_d_every"])
+    return steps
 
 
 def relative_error(params: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
@@ -82,8 +93,15 @@ CASES = [
 @pytest.mark.parametrize(("name", "dtype"), CASES)
 def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, name, dtype):
     flags = ("--float64",) if dtype == torch.float64 else ()
-    rank0, rank1 = run_ranks(tmp_path, name, *flags)
+    results = run_ranks(tmp_path, name, *flags)
+    rank0, rank1 = (result["params"] for result in results)
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank1)), "the ranks' parameters differ"
+    # one all-reduce (one bucket: the field is far below 25 MiB) per step: the gradients, plus
+    # H·v on its steps, so those buckets are twice the size
+    numel = sum(p.numel() for p in rank0)
+    sizes = results[0]["all_reduce_sizes"]
+    curvature = set(hvp_steps(name))
+    assert sizes == [2 * numel if step in curvature else numel for step in range(STEPS)]
     reference = train(name, STEPS, Ranks(), dtype=dtype)
     assert relative_error(rank0, reference) <= 1e-6
     # ... and training moved far from the start, so agreeing was not trivial
@@ -94,10 +112,10 @@ def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, 
 def test_a_ddp_wrapped_model_gives_the_unwrapped_result(tmp_path):
     """DDP cannot reduce gradients that carry a graph; training_step runs it under no_sync() and
     lets ESGD average gradients and H·v itself."""
-    wrapped = run_ranks(tmp_path, "esgd", "--ddp", "--float64")
-    assert all(torch.equal(a, b) for a, b in zip(*wrapped))
+    rank0, rank1 = (result["params"] for result in run_ranks(tmp_path, "esgd", "--ddp", "--float64"))
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank1))
     reference = train("esgd", STEPS, Ranks(), dtype=torch.float64)
-    assert relative_error(wrapped[0], reference) <= 1e-6
+    assert relative_error(rank0, reference) <= 1e-6
 
 
 @pytest.mark.parametrize("name", [n for n in OPTIMIZER_CASES if n != "adam"])

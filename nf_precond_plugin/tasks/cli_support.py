@@ -100,10 +100,12 @@ def standalone_main(
         config=dataclasses.asdict(config),
     )
     ranks = join_process_group("cpu")  # the standalone tasks train on the CPU: gloo
+    finished = False
     try:
         summary = run_task(task, settings)
+        finished = True
     finally:
-        leave_process_group()
+        leave_process_group(finished)
     if not ranks.is_main:
         return summary
 

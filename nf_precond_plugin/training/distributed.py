@@ -79,8 +79,12 @@ def join_process_group(device_type: str = "cpu") -> Ranks:
     return current_ranks()
 
 
-def leave_process_group() -> None:
+def leave_process_group(finished: bool = True) -> None:
+    """Tear the process group down; after a finished run, only once every rank got there (gloo
+    aborts a process whose peer closes while it still sends)."""
     if dist.is_available() and dist.is_initialized():
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
