@@ -3,6 +3,8 @@
 nerfstudio builds an optimizer as ``config._target(params, **fields)`` (minus ``max_norm``), so each
 field below is a constructor argument of the same class the standalone tasks use, with the
 constructor's default, and shows up on the command line as ``--optimizers.fields.optimizer.<field>``.
+All but ``process_group``: a live object, not a setting; the trainer leaves it at the default
+group, which is every device of the run.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class ESGDOptimizerConfig(OptimizerConfig):
     """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max); paper rule."""
     bias_correction: Literal["paper", "hvp"] = _default(ESGD, "bias_correction")
     """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products; paper rule."""
+    probe_seed: int | None = _default(ESGD, "probe_seed")
+    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
 
     def __post_init__(self) -> None:
         # nerfstudio's schedulers read ``lr`` before the optimizer exists: resolve the rule's
@@ -87,6 +91,8 @@ class AdaHessianOptimizerConfig(OptimizerConfig):
     """Steps between Hessian-vector products after the warm-up."""
     d_warmup: int = _default(AdaHessian, "d_warmup")
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    probe_seed: int | None = _default(AdaHessian, "probe_seed")
+    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
 
 
 CURVATURE_OPTIMIZER_CONFIGS: tuple[type[OptimizerConfig], ...] = (ESGDOptimizerConfig, AdaHessianOptimizerConfig)

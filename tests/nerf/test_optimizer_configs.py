@@ -20,6 +20,9 @@ from nf_precond_plugin.optim.esgd import RULE_DEFAULTS  # noqa: E402
 # Fields of nerfstudio's OptimizerConfig that are not constructor arguments: the class to build,
 # and max_norm, which nerfstudio pops before building and applies as gradient clipping.
 NOT_CONSTRUCTOR_ARGUMENTS = {"_target", "max_norm"}
+# Constructor arguments that are not settings: the process group is a live object, and the
+# default (every device of the run) is the one the trainer needs.
+NOT_CONFIG_FIELDS = {"params", "process_group"}
 
 
 @pytest.mark.parametrize("config_type", CURVATURE_OPTIMIZER_CONFIGS, ids=lambda t: t.__name__)
@@ -38,7 +41,7 @@ def test_every_config_field_is_a_constructor_parameter_with_the_same_default(con
             default = resolved[name]  # a None default means the rule's; the config resolves it eagerly
         assert getattr(config, name) == default, f"{config_type.__name__}.{name}"
     # ... and every constructor argument but params is reachable from the command line
-    assert set(parameters) - {"params"} == own_fields
+    assert set(parameters) - NOT_CONFIG_FIELDS == own_fields
     # nerfstudio builds the optimizer exactly like this: the config's fields as keyword arguments
     built = target([torch.nn.Parameter(torch.zeros(2))], **{name: getattr(config, name) for name in own_fields})
     assert isinstance(built, target)
