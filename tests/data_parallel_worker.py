@@ -16,7 +16,7 @@ import torch
 
 from nf_precond_plugin.fields import CoordinateMLP
 from nf_precond_plugin.optim.factory import build_optimizer
-from nf_precond_plugin.training.distributed import Ranks, local_shard
+from nf_precond_plugin.training.distributed import Ranks, leave_process_group, local_shard
 from nf_precond_plugin.training.step import training_step
 
 GLOBAL_BATCH = 64
@@ -88,8 +88,7 @@ def main(argv: list[str]) -> None:
     params = train(name, steps, ranks, ddp="--ddp" in argv, dtype=dtype)
     dist.all_reduce = all_reduce
     torch.save({"params": params, "all_reduce_sizes": calls}, out / f"rank{ranks.rank}.pt")
-    dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
+    leave_process_group()  # together, as the runner does
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ after ``COLLECTIVE_TIMEOUT_ENV`` seconds, so no run hangs.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,9 @@ def leave_process_group(finished: bool = True) -> None:
         if finished and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+        # Drop what still refers to the group now: a gloo group torn down during interpreter
+        # finalisation can abort the process ("terminate called without an active exception").
+        gc.collect()
 
 
 def from_main(value: T) -> T:

@@ -22,6 +22,7 @@ from tiny_nerf import tiny_config
 
 from nf_precond_plugin.nerf import methods
 from nf_precond_plugin.optim.base import STEP_COUNT
+from nf_precond_plugin.training.distributed import leave_process_group
 
 captured = {}
 
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> None:
         },
         out / f"rank{rank}.pt",
     )
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":
