@@ -4,7 +4,9 @@ Run as a script by ``test_data_parallel.py`` with RANK, WORLD_SIZE, MASTER_ADDR 
 the environment (what torchrun sets); writes its final parameters and the size of every all-reduce
 it made to ``OUT/rank<r>.pt``.
 
-    python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64]
+    python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64] [--own-group]
+
+``--own-group`` hands the optimizer a group of its own (``process_group=``) instead of the default.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def train(
     micro_batches: int = 1,
     ddp: bool = False,
     dtype: torch.dtype = torch.float32,
+    process_group=None,
 ) -> list[torch.Tensor]:
     """``steps`` steps on global minibatches of ``GLOBAL_BATCH``, this rank on its shard of each,
     each shard split into ``micro_batches``; returns the final parameters."""
@@ -54,7 +57,8 @@ def train(
     model = CoordinateMLP(2, 1, 32, 3, "gaussian", sigma=0.3).to(dtype)
     # Different global RNGs on different ranks: the probes must still agree (seeded from rank 0).
     torch.manual_seed(1000 + ranks.rank)
-    optimizer = build_optimizer(name, model, LEARNING_RATES[name], **OPTIMIZER_CASES[name])
+    overrides = dict(OPTIMIZER_CASES[name], **({"process_group": process_group} if process_group else {}))
+    optimizer = build_optimizer(name, model, LEARNING_RATES[name], **overrides)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     x, y = (t.to(dtype) for t in toy_data())
     for step in range(steps):
@@ -78,16 +82,18 @@ def main(argv: list[str]) -> None:
     dist.init_process_group("gloo")
     ranks = Ranks(dist.get_rank(), dist.get_world_size())
     dtype = torch.float64 if "--float64" in argv else torch.float32
-    all_reduce, calls = dist.all_reduce, []
+    own_group = dist.new_group(list(range(ranks.world_size))) if "--own-group" in argv else None
+    all_reduce, calls, groups = dist.all_reduce, [], []
 
-    def counted_all_reduce(tensor, *args, **kwargs):
+    def counted_all_reduce(tensor, *args, group=None, **kwargs):
         calls.append(tensor.numel())
-        return all_reduce(tensor, *args, **kwargs)
+        groups.append("own" if own_group is not None and group is own_group else "default")
+        return all_reduce(tensor, *args, group=group, **kwargs)
 
     dist.all_reduce = counted_all_reduce
-    params = train(name, steps, ranks, ddp="--ddp" in argv, dtype=dtype)
+    params = train(name, steps, ranks, ddp="--ddp" in argv, dtype=dtype, process_group=own_group)
     dist.all_reduce = all_reduce
-    torch.save({"params": params, "all_reduce_sizes": calls}, out / f"rank{ranks.rank}.pt")
+    torch.save({"params": params, "all_reduce_sizes": calls, "groups": groups}, out / f"rank{ranks.rank}.pt")
     leave_process_group()  # together, as the runner does
 
 

@@ -82,17 +82,18 @@ def relative_error(params: list[torch.Tensor], reference: list[torch.Tensor]) ->
 
 
 CASES = [
-    pytest.param("esgd", torch.float32, id="esgd-float32"),
-    pytest.param("esgd", torch.float64, id="esgd-float64"),
-    pytest.param("esgd-paper", torch.float64, id="esgd-paper-float64"),
-    pytest.param("adahessian", torch.float64, id="adahessian-float64"),
-    pytest.param("adam", torch.float32, id="adam-float32"),
+    pytest.param("esgd", torch.float32, (), id="esgd-float32"),
+    pytest.param("esgd", torch.float32, ("--own-group",), id="esgd-float32-process_group"),
+    pytest.param("esgd", torch.float64, (), id="esgd-float64"),
+    pytest.param("esgd-paper", torch.float64, (), id="esgd-paper-float64"),
+    pytest.param("adahessian", torch.float64, (), id="adahessian-float64"),
+    pytest.param("adam", torch.float32, (), id="adam-float32"),
 ]
 
 
-@pytest.mark.parametrize(("name", "dtype"), CASES)
-def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, name, dtype):
-    flags = ("--float64",) if dtype == torch.float64 else ()
+@pytest.mark.parametrize(("name", "dtype", "extra_flags"), CASES)
+def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, name, dtype, extra_flags):
+    flags = (("--float64",) if dtype == torch.float64 else ()) + extra_flags
     results = run_ranks(tmp_path, name, *flags)
     rank0, rank1 = (result["params"] for result in results)
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank1)), "the ranks' parameters differ"
@@ -102,6 +103,7 @@ def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, 
     sizes = results[0]["all_reduce_sizes"]
     curvature = set(hvp_steps(name))
     assert sizes == [2 * numel if step in curvature else numel for step in range(STEPS)]
+    assert set(results[0]["groups"]) == {"own" if "--own-group" in flags else "default"}
     reference = train(name, STEPS, Ranks(), dtype=dtype)
     assert relative_error(rank0, reference) <= 1e-6
     # ... and training moved far from the start, so agreeing was not trivial
