@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny_nerf import TINY_MODEL
 
 from nf_precond_plugin.nerf.demo_scene import generate_demo_scene
 
@@ -31,17 +32,6 @@ TRAIN_ITERATIONS = 300
 """Steps 0–49 are ESGD's warm-up HVP steps (d_warmup = 50), then every update_d_every-th step. 300
 steps (~5 s on one core at this size) take the test views from ≈ 14 dB (the best constant colour)
 to ≈ 17 dB, which makes "the render resembles its ground truth" a real oracle."""
-
-TINY_MODEL = [
-    "--pipeline.model.num-layers", "2",
-    "--pipeline.model.hidden-dim", "32",
-    "--pipeline.model.geo-feat-dim", "16",
-    "--pipeline.model.hidden-dim-color", "16",
-    "--pipeline.model.num-coarse-samples", "16",
-    "--pipeline.datamanager.train-num-rays-per-batch", "256",
-    "--pipeline.datamanager.eval-num-rays-per-batch", "1024",
-    "--pipeline.model.eval-num-rays-per-chunk", "4096",
-]  # fmt: skip
 
 TRAIN_TIMEOUT_S = 300
 CLI_TIMEOUT_S = 240

@@ -19,6 +19,8 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
+from tiny_nerf import TINY_MODEL
 
 METHODS = (
     "gaussian-esgd",
@@ -41,7 +43,7 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
     """The commands that need no checkpoint, started at once (they overlap with the training run)."""
     outputs = tmp_path_factory.mktemp("cli_runs_outputs")
     refused = ["ns-train", "gaussian-esgd-cpu", "--machine.device-type", "cpu", "--vis", "tensorboard"]
-    return {
+    runs = {
         "help": start_command(["ns-train", "--help"], "help"),
         "method_help": start_command(["ns-train", "gaussian-esgd", "--help"], "method_help"),
         "bad_data": start_command(
@@ -51,7 +53,27 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
             [*refused, "--mixed-precision", "True", "--output-dir", outputs / "mixed_precision", "--data", tiny_scene],
             "mixed_precision",
         ),
+        "accumulation": start_command(
+            [
+                *refused,
+                *TINY_MODEL,
+                "--gradient-accumulation-steps",
+                "fields",
+                "2",
+                "--max-num-iterations",
+                "4",
+                "--steps-per-save",
+                "4",
+                "--output-dir",
+                outputs / "accumulation",
+                "--data",
+                tiny_scene,
+            ],
+            "accumulation",
+        ),  # fmt: skip
     }
+    runs["accumulation"].output_dir = outputs / "accumulation"
+    return runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -180,6 +202,16 @@ def test_mixed_precision_is_refused_in_one_line(cli_runs: dict[str, Any]):
     errors = error_lines(run.output)
     assert len(errors) == 1 and re.search(r"mixed[- ]precision", errors[0], re.IGNORECASE), run.describe()
     assert "Training Finished" not in run.output, run.describe()
+
+
+def test_gradient_accumulation_is_accepted_on_the_command_line(cli_runs: dict[str, Any]):
+    run = cli_runs["accumulation"].result()
+    assert run.returncode == 0, run.describe()
+    assert "Traceback" not in run.output and not error_lines(run.output), run.describe()
+    (checkpoint,) = sorted(cli_runs["accumulation"].output_dir.rglob("step-*.ckpt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    group = state["optimizers"]["fields"]["param_groups"][0]
+    assert group["step_count"] == 2  # 4 iterations of 2 micro-batches each: two updates
 
 
 def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: dict[str, Any], tiny_scene: Path):

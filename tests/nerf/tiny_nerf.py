@@ -1,4 +1,4 @@
-"""A tiny nerfstudio configuration of a method on the generated scene (CPU, seconds per run)."""
+"""Tiny nerfstudio configurations of a method on the generated scene (CPU, seconds per run)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,18 @@ import copy
 from pathlib import Path
 
 WARMUP, EVERY = 2, 3
+
+TINY_MODEL = [
+    "--pipeline.model.num-layers", "2",
+    "--pipeline.model.hidden-dim", "32",
+    "--pipeline.model.geo-feat-dim", "16",
+    "--pipeline.model.hidden-dim-color", "16",
+    "--pipeline.model.num-coarse-samples", "16",
+    "--pipeline.datamanager.train-num-rays-per-batch", "256",
+    "--pipeline.datamanager.eval-num-rays-per-batch", "1024",
+    "--pipeline.model.eval-num-rays-per-chunk", "4096",
+]  # fmt: skip
+"""The command-line options that shrink a method to a test-sized field (what ns-train tests pass)."""
 
 
 def tiny_config(spec, scene: Path, output: Path, iterations: int):
