@@ -11,7 +11,6 @@ rounding to ~3e-6 (so it is held to 1e-6 in float64 only).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_parallel_worker import OPTIMIZER_CASES, train
+from rank_environment import free_port, rank_environment
 
 from nf_precond_plugin.training.distributed import COLLECTIVE_TIMEOUT_ENV, Ranks
 
@@ -27,26 +27,6 @@ WORKER = Path(__file__).with_name("data_parallel_worker.py")
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60
 WORLD_SIZE = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rank_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
-    """What torchrun sets for one rank (one thread each: the ranks share two cores)."""
-    return dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        OMP_NUM_THREADS="1",
-    )
 
 
 def run_ranks(tmp_path: Path, name: str, *flags: str) -> list[dict]:

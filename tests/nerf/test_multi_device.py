@@ -10,8 +10,6 @@ training moved them, and that rank 0 alone wrote the checkpoint.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import unittest.mock
@@ -22,6 +20,7 @@ import torch
 
 pytest.importorskip("nerfstudio")
 
+from rank_environment import free_port, rank_environment  # noqa: E402
 from tiny_nerf import tiny_config  # noqa: E402
 
 from nf_precond_plugin.nerf import methods  # noqa: E402
@@ -37,12 +36,6 @@ def scene(tmp_path_factory) -> Path:
     return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", num_views=9, width=32, height=24)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_devices(
     method: str, scene: Path, out: Path, accumulation: int = 1, *flags: str, world_size: int = 2
 ) -> list[dict]:
@@ -51,15 +44,7 @@ def run_devices(
     processes = [
         subprocess.Popen(
             [sys.executable, str(WORKER), *arguments],
-            env=dict(
-                os.environ,
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(world_size),
-                OMP_NUM_THREADS="1",
-            ),
+            env=rank_environment(rank, world_size, port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
