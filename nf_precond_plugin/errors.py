@@ -35,7 +35,8 @@ def _print_line(prog: str, kind: str, message: str) -> None:
     from rich.markup import escape
 
     colour = "yellow" if kind == "interrupted" else "red"
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
+    # emoji=False: a message such as "--device cuda:x" must not turn ":x" into an emoji
+    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
         f"{prog}: [{colour}]{kind}:[/{colour}] {escape(message)}"
     )
 

@@ -191,3 +191,15 @@ def test_an_output_directory_that_cannot_be_created_gets_one_line_naming_it(tmp_
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--output-dir" in lines[0] and str(output) in lines[0], result.stderr
+
+
+DEVICE_CASES = ["tpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"])
+
+
+@pytest.mark.parametrize("device", DEVICE_CASES)
+def test_a_device_that_is_not_here_gets_one_line_naming_it(tmp_path, device):
+    result = image_cli(*SMALL, "--epochs", "1", "--device", device, "--output-dir", "runs", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--device {device}" in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

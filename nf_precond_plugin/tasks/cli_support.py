@@ -72,6 +72,7 @@ def standalone_main(
     config_type: type, task_factory: Callable[[Any], Any], prog: str, argv: list[str]
 ) -> dict[str, Any]:
     """Parse (YAML defaults, then flags), build the task and run it with every requested optimizer."""
+    import torch
     import tyro
     from rich.console import Console
     from rich.table import Table
@@ -79,7 +80,7 @@ def standalone_main(
     from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr
     from nf_precond_plugin.runtime import configure_entry_point
     from nf_precond_plugin.training import RunSettings, run_task
-    from nf_precond_plugin.training.distributed import join_process_group, leave_process_group
+    from nf_precond_plugin.training.distributed import join_process_group, leave_process_group, training_device
 
     defaults, argv = config_defaults(config_type, argv)
     config = tyro.cli(config_type, args=argv, default=defaults, prog=prog)
@@ -98,8 +99,9 @@ def standalone_main(
         output_dir=config.output_dir,
         resume=config.resume,
         config=dataclasses.asdict(config),
+        device=str(training_device(config.device)),
     )
-    ranks = join_process_group("cpu")  # the standalone tasks train on the CPU: gloo
+    ranks = join_process_group(torch.device(settings.device).type)  # gloo on the CPU, nccl on CUDA
     finished = False
     try:
         summary = run_task(task, settings)

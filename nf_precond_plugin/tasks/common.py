@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nf_precond_plugin.fields import ActivationName, CoordinateMLP
 from nf_precond_plugin.presets import HIDDEN_FEATURES, IMAGE_BATCH, IMAGE_SIGMA, NUM_LAYERS, SINE_OMEGA
 
@@ -34,10 +36,19 @@ class FitConfig:
     """Evaluate every this many epochs."""
     seed: int = 0
     """Seed of the initialisation, the data order and the probes."""
+    device: str = "cpu"
+    """Where to train: cpu, cuda or cuda:N (under torchrun, cuda means each rank's cuda:LOCAL_RANK)."""
     output_dir: Path = Path("outputs")
     """Each run writes into a new directory under this one."""
     resume: Path | None = None
     """Continue an interrupted run from its directory."""
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` computes: its first parameter's (or buffer's) device; CPU if it has none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def build_field(config: FitConfig, in_features: int, out_features: int) -> CoordinateMLP:

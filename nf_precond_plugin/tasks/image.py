@@ -13,7 +13,7 @@ import torch
 
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
 from nf_precond_plugin.presets import IMAGE_SIZE
-from nf_precond_plugin.tasks.common import FitConfig, build_field
+from nf_precond_plugin.tasks.common import FitConfig, build_field, model_device
 
 
 @dataclass
@@ -48,7 +48,8 @@ class ImageTask:
 
     @torch.no_grad()
     def render(self, model: torch.nn.Module) -> torch.Tensor:
-        pixels = torch.cat([model(chunk) for chunk in self.coords.split(65536)])
+        device = model_device(model)
+        pixels = torch.cat([model(chunk.to(device)).cpu() for chunk in self.coords.split(65536)])
         return pixels.reshape(self.target.shape)
 
     @torch.no_grad()

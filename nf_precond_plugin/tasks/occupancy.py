@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nf_precond_plugin.presets import OCCUPANCY_BATCH, OCCUPANCY_POINTS_PER_EPOCH, OCCUPANCY_SIGMA
-from nf_precond_plugin.tasks.common import FitConfig, build_field
+from nf_precond_plugin.tasks.common import FitConfig, build_field, model_device
 
 
 @dataclass
@@ -84,18 +84,20 @@ class OccupancyTask:
     def evaluate(self, model, last_batch) -> dict[str, float]:
         from nf_precond_plugin.data.occupancy_readout import iou
 
-        logits = torch.cat([model(chunk) for chunk in self.heldout.split(65536)])[:, 0]
+        device = model_device(model)
+        logits = torch.cat([model(chunk.to(device)).cpu() for chunk in self.heldout.split(65536)])[:, 0]
         result = {"iou": iou(logits > 0, self.heldout_labels)}
         if last_batch is not None:
             _, target, prediction = last_batch
-            result["iou_last_batch"] = iou(prediction[:, 0] > 0, target[:, 0] > 0.5)
+            result["iou_last_batch"] = iou(prediction[:, 0].cpu() > 0, target[:, 0].cpu() > 0.5)
         return result
 
     def export(self, model: torch.nn.Module, run_dir: Path, tag: str) -> list[Path]:
         from nf_precond_plugin.data.occupancy_readout import extract_mesh, render_preview
 
         model.eval()
-        surface = extract_mesh(lambda x: model(x)[:, 0], resolution=self.config.mesh_resolution)
+        device = model_device(model)
+        surface = extract_mesh(lambda x: model(x)[:, 0], resolution=self.config.mesh_resolution, device=device)
         mesh_path = run_dir / f"mesh-{tag}.ply"
         surface.export(mesh_path)
         preview = render_preview(surface, run_dir / f"preview-{tag}.png", title=f"{tag}: {len(surface.faces)} faces")

@@ -80,6 +80,24 @@ def join_process_group(device_type: str = "cpu") -> Ranks:
     return current_ranks()
 
 
+def training_device(requested: str) -> torch.device:
+    """The device ``--device`` names, checked; under torchrun, ``cuda`` is this rank's own GPU."""
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserInputError(f"--device {requested}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"--device {requested}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--device {requested}: this machine has no CUDA device; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise UserInputError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 def leave_process_group(finished: bool = True) -> None:
     """Tear the process group down; after a finished run, only once every rank got there (gloo
     aborts a process whose peer closes while it still sends)."""

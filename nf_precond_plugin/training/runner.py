@@ -81,6 +81,8 @@ class RunSettings:
     resume: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the CLI config, saved as config.yaml
     progress: bool = True
+    device: str = "cpu"
+    """The model and each minibatch live here; tasks keep their data on the CPU."""
 
 
 def _validate(settings: RunSettings) -> None:
@@ -215,7 +217,7 @@ class OptimizerRun:
 
 def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict, run_dir: Path) -> OptimizerRun:
     """A model at the shared initial weights and a fresh optimizer over it."""
-    model = task.build_model()
+    model = task.build_model().to(settings.device)
     model.load_state_dict(initial_state)
     overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
     optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
@@ -226,7 +228,7 @@ def resume_run(run: OptimizerRun) -> bool:
     """Restore ``run`` from its checkpoint if there is one; whether it did."""
     if not run.checkpoint_path.exists():
         return False
-    checkpoint = torch.load(run.checkpoint_path, weights_only=False)
+    checkpoint = torch.load(run.checkpoint_path, map_location="cpu", weights_only=False)
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["torch_rng"])
@@ -261,8 +263,8 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
     inputs, targets = task.epoch_data(run.epoch, generator)
     epoch_loss, batches = 0.0, 0
     for begin in range(0, inputs.shape[0] - settings.batch_size + 1, settings.batch_size):
-        x = local_shard(inputs[begin : begin + settings.batch_size], ranks)
-        y = local_shard(targets[begin : begin + settings.batch_size], ranks)
+        x = local_shard(inputs[begin : begin + settings.batch_size], ranks).to(settings.device)
+        y = local_shard(targets[begin : begin + settings.batch_size], ranks).to(settings.device)
 
         def compute_loss(x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
             prediction = run.model(x)
