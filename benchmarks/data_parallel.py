@@ -1,7 +1,8 @@
 """Data parallelism on this machine: N processes against 1 at the same global batch.
 
 Model: the paper's image MLP (5 layers × 256, Gaussian σ = 0.05) on the embedded image, global
-batch 512 (each of N ranks takes 512/N). For each optimizer, the steady-state step is timed over
+batch 512 by default (each of N ranks takes 512/N; ``--global-batch`` for larger steps, where the
+compute per all-reduce grows). For each optimizer, the steady-state step is timed over
 cycles of the default schedule (ESGD: one H·v step per ``update_d_every`` steps after its warm-up,
 which is run untimed). Prints, and writes as JSON with --json-out:
 
@@ -13,7 +14,7 @@ The runs alternate (1, N, 1, N, …) and each figure is the median over --repeat
 the machine hits both alike. On a 2-core CPU the ranks share the cores a single process already
 uses: this measures the overhead of the averaging, not a speed-up.
 
-    .venv/bin/python benchmarks/data_parallel.py [--processes 2] [--repeats 3] [--json-out FILE]
+    .venv/bin/python benchmarks/data_parallel.py [--processes 2] [--global-batch 512] [--repeats 3] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def schedule(optimizer_name: str) -> tuple[int, int]:
     return 5, defaults["update_d_every"]
 
 
-def worker(optimizer_name: str, cycles: int, out: Path) -> None:
+def worker(optimizer_name: str, cycles: int, global_batch: int, out: Path) -> None:
     """One rank (or the single process): time ``cycles`` schedule cycles of steps."""
     import torch.distributed as dist
 
@@ -87,7 +88,7 @@ def worker(optimizer_name: str, cycles: int, out: Path) -> None:
     generator = torch.Generator().manual_seed(1)
 
     def step() -> None:
-        index = torch.randint(0, coords.shape[0], (IMAGE_BATCH,), generator=generator)
+        index = torch.randint(0, coords.shape[0], (global_batch,), generator=generator)
         x, y = local_shard(coords[index], ranks), local_shard(colors[index], ranks)
         training_step([optimizer], lambda: (torch.nn.functional.mse_loss(model(x), y), None))
 
@@ -112,11 +113,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def measure(optimizer_name: str, processes: int, cycles: int, threads: int) -> dict[str, float]:
+def measure(optimizer_name: str, processes: int, cycles: int, global_batch: int, threads: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         port = free_port()
-        command = [sys.executable, __file__, "--worker", optimizer_name, "--cycles", str(cycles), "--out", str(out)]
+        command = [sys.executable, __file__, "--worker", optimizer_name, "--cycles", str(cycles)]
+        command += ["--global-batch", str(global_batch), "--out", str(out)]
         per_rank_threads = max(1, threads // processes)
         launched = [
             subprocess.Popen(
@@ -146,15 +148,16 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cycles", type=int, default=3, help="H·v schedule cycles timed per run")
+    parser.add_argument("--global-batch", type=int, default=IMAGE_BATCH, help="samples per step, over all ranks")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.cycles, args.out)
+        worker(args.worker, args.cycles, args.global_batch, args.out)
         return
-    if IMAGE_BATCH % args.processes:
-        parser.error(f"--processes {args.processes}: expected a divisor of the global batch {IMAGE_BATCH}")
+    if args.global_batch % args.processes:
+        parser.error(f"--processes {args.processes}: expected a divisor of --global-batch {args.global_batch}")
 
     from rich.console import Console
     from rich.progress import Progress
@@ -167,11 +170,15 @@ def main() -> None:
         for _ in range(args.repeats):
             for name in OPTIMIZERS:
                 for processes in (1, args.processes):
-                    samples.setdefault((name, processes), []).append(measure(name, processes, args.cycles, threads))
+                    samples.setdefault((name, processes), []).append(
+                        measure(name, processes, args.cycles, args.global_batch, threads)
+                    )
                     progress.advance(task)
 
     results = {}
-    table = Table(title=f"{args.processes} processes vs 1 at global batch {IMAGE_BATCH} ({threads} threads in all)")
+    table = Table(
+        title=f"{args.processes} processes vs 1 at global batch {args.global_batch} ({threads} threads in all)"
+    )
     for column in (
         "optimizer",
         "1 process ms/step",
@@ -199,7 +206,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, gloo",
             "processes": args.processes,
-            "global_batch": IMAGE_BATCH,
+            "global_batch": args.global_batch,
             "threads": threads,
             "repeats": args.repeats,
             "timed_steps_per_run": schedule("esgd")[1] * args.cycles,

@@ -4,7 +4,7 @@ Run as a script by ``test_data_parallel.py`` with RANK, WORLD_SIZE, MASTER_ADDR 
 the environment (what torchrun sets); writes its final parameters and the size of every all-reduce
 it made to ``OUT/rank<r>.pt``.
 
-    python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64] [--own-group]
+    python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64] [--own-group] [--micro-batches K]
 
 ``--own-group`` hands the optimizer a group of its own (``process_group=``) instead of the default.
 """
@@ -91,7 +91,10 @@ def main(argv: list[str]) -> None:
         return all_reduce(tensor, *args, group=group, **kwargs)
 
     dist.all_reduce = counted_all_reduce
-    params = train(name, steps, ranks, ddp="--ddp" in argv, dtype=dtype, process_group=own_group)
+    micro_batches = int(argv[argv.index("--micro-batches") + 1]) if "--micro-batches" in argv else 1
+    params = train(
+        name, steps, ranks, micro_batches=micro_batches, ddp="--ddp" in argv, dtype=dtype, process_group=own_group
+    )
     dist.all_reduce = all_reduce
     torch.save({"params": params, "all_reduce_sizes": calls, "groups": groups}, out / f"rank{ranks.rank}.pt")
     leave_process_group()  # together, as the runner does

@@ -91,13 +91,20 @@ def test_two_ranks_on_half_batches_are_the_one_process_full_batch_run(tmp_path, 
     assert relative_error(reference, start) > 1e-2
 
 
-def test_a_ddp_wrapped_model_gives_the_unwrapped_result(tmp_path):
-    """DDP cannot reduce gradients that carry a graph; training_step runs it under no_sync() and
-    lets ESGD average gradients and H·v itself."""
-    rank0, rank1 = (result["params"] for result in run_ranks(tmp_path, "esgd", "--ddp", "--float64"))
+@pytest.mark.parametrize("name", ["esgd", "adam"])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_a_ddp_wrapped_model_gives_the_unwrapped_result(tmp_path, name, micro_batches):
+    """DDP cannot reduce gradients that carry a graph: with ESGD, training_step runs it under
+    no_sync() and lets ESGD average gradients and H·v itself; with Adam, DDP reduces (on the last
+    micro-batch only)."""
+    flags = ("--ddp", "--float64", "--micro-batches", str(micro_batches))
+    results = run_ranks(tmp_path, name, *flags)
+    rank0, rank1 = (result["params"] for result in results)
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank1))
-    reference = train("esgd", STEPS, Ranks(), dtype=torch.float64)
+    reference = train(name, STEPS, Ranks(), dtype=torch.float64)
     assert relative_error(rank0, reference) <= 1e-6
+    if name == "esgd":  # ESGD's own averaging, one all-reduce per step (DDP's go through its reducer)
+        assert len(results[0]["all_reduce_sizes"]) == STEPS
 
 
 @pytest.mark.parametrize("name", [n for n in OPTIMIZER_CASES if n != "adam"])

@@ -11,10 +11,11 @@ would cost memory and time for nothing. Optimizers without that method never nee
 
 Across processes (torch.distributed initialised), an optimizer that ``reduces_gradients`` itself
 (the curvature optimizers: they must take H·v from the local graph first) averages in its
-``step()``; every other optimizer's gradients are averaged here, in the same buckets, before its
-``step()``. A model wrapped in DistributedDataParallel runs forward and backward inside
-``no_sync()`` when a curvature optimizer is present, since DDP cannot reduce gradients that carry
-a graph; with plain optimizers only, DDP does its own reduction and nothing is averaged here.
+``step()``; every other optimizer's gradients are averaged here before its ``step()``, one
+all-reduce per bucket. A model wrapped in DistributedDataParallel runs forward and backward
+inside ``no_sync()`` when a curvature optimizer is present, since DDP cannot reduce gradients
+that carry a graph; with plain optimizers only, DDP does its own reduction (on the last
+micro-batch of a step) and nothing is averaged here.
 
 Gradient accumulation: ``micro_batch=(k, K)`` divides the loss by K, zeroes gradients at k = 0,
 folds curvature optimizers' H·v in with ``accumulate()`` and steps at k = K − 1 only.
@@ -114,7 +115,8 @@ def training_step(
             opt.zero_grad(set_to_none=True)
     curvature = [opt for opt in optimizers if reduces_own_gradients(opt)]
     wrapped = isinstance(model, DistributedDataParallel)
-    unsynced = model.no_sync() if wrapped and curvature else contextlib.nullcontext()
+    # DDP syncs only the last micro-batch of plain optimizers, and never for curvature ones
+    unsynced = model.no_sync() if wrapped and (curvature or index < count - 1) else contextlib.nullcontext()
     with unsynced:
         loss, aux = compute_loss()
         if check_finite:
