@@ -5,6 +5,7 @@ the environment (what torchrun sets); writes its final parameters and the size o
 it made to ``OUT/rank<r>.pt``.
 
     python tests/data_parallel_worker.py OPTIMIZER STEPS OUT [--ddp] [--float64] [--own-group] [--micro-batches K]
+        [--first-half-offset]
 
 ``--own-group`` hands the optimizer a group of its own (``process_group=``) instead of the default.
 """
@@ -50,11 +51,17 @@ def train(
     ddp: bool = False,
     dtype: torch.dtype = torch.float32,
     process_group=None,
+    first_half_offset: bool = False,
 ) -> list[torch.Tensor]:
     """``steps`` steps on global minibatches of ``GLOBAL_BATCH``, this rank on its shard of each,
-    each shard split into ``micro_batches``; returns the final parameters."""
+    each shard split into ``micro_batches``; returns the final parameters.
+
+    ``first_half_offset`` adds a learnt offset to the predictions of the first half of every
+    global batch only: with two ranks, rank 1 never gives it a gradient."""
     torch.manual_seed(0)
     model = CoordinateMLP(2, 1, 32, 3, "gaussian", sigma=0.3).to(dtype)
+    if first_half_offset:
+        model.register_parameter("offset", torch.nn.Parameter(torch.zeros(1, dtype=dtype)))
     # Different global RNGs on different ranks: the probes must still agree (seeded from rank 0).
     torch.manual_seed(1000 + ranks.rank)
     overrides = dict(OPTIMIZER_CASES[name], **({"process_group": process_group} if process_group else {}))
@@ -65,10 +72,14 @@ def train(
         begin = (step * GLOBAL_BATCH) % NUM_POINTS
         x_local = local_shard(x[begin : begin + GLOBAL_BATCH], ranks)
         y_local = local_shard(y[begin : begin + GLOBAL_BATCH], ranks)
-        for k, (xs, ys) in enumerate(zip(x_local.chunk(micro_batches), y_local.chunk(micro_batches))):
+        first_half = local_shard(torch.arange(GLOBAL_BATCH) < GLOBAL_BATCH // 2, ranks)
+        chunks = zip(x_local.chunk(micro_batches), y_local.chunk(micro_batches), first_half.chunk(micro_batches))
+        for k, (xs, ys, mask) in enumerate(chunks):
 
-            def compute_loss(xs=xs, ys=ys):
+            def compute_loss(xs=xs, ys=ys, mask=mask):
                 prediction = wrapped(xs)
+                if first_half_offset and bool(mask.any()):  # else the offset is not in this graph
+                    prediction = prediction + model.offset * mask[:, None].to(dtype)
                 return torch.nn.functional.mse_loss(prediction, ys), None
 
             training_step([optimizer], compute_loss, micro_batch=(k, micro_batches), model=wrapped)
@@ -93,7 +104,14 @@ def main(argv: list[str]) -> None:
     dist.all_reduce = counted_all_reduce
     micro_batches = int(argv[argv.index("--micro-batches") + 1]) if "--micro-batches" in argv else 1
     params = train(
-        name, steps, ranks, micro_batches=micro_batches, ddp="--ddp" in argv, dtype=dtype, process_group=own_group
+        name,
+        steps,
+        ranks,
+        micro_batches=micro_batches,
+        ddp="--ddp" in argv,
+        dtype=dtype,
+        process_group=own_group,
+        first_half_offset="--first-half-offset" in argv,
     )
     dist.all_reduce = all_reduce
     torch.save({"params": params, "all_reduce_sizes": calls, "groups": groups}, out / f"rank{ranks.rank}.pt")

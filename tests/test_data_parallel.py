@@ -107,6 +107,19 @@ def test_a_ddp_wrapped_model_gives_the_unwrapped_result(tmp_path, name, micro_ba
         assert len(results[0]["all_reduce_sizes"]) == STEPS
 
 
+@pytest.mark.parametrize("name", ["esgd", "adam"])
+def test_a_parameter_only_one_rank_reaches_is_averaged_with_a_zero_from_the_other(tmp_path, name):
+    """Rank 1's shard never reaches the offset: it counts as a zero gradient (and a zero H·v row),
+    so the collectives match and the result is still the full batch's."""
+    results = run_ranks(tmp_path, name, "--float64", "--first-half-offset")
+    rank0, rank1 = (result["params"] for result in results)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    reference = train(name, STEPS, Ranks(), dtype=torch.float64, first_half_offset=True)
+    assert relative_error(rank0, reference) <= 1e-6
+    offset = reference[0]  # own parameters come before the layers'
+    assert offset.shape == (1,) and float(offset.abs()) > 1e-3  # the offset did train
+
+
 @pytest.mark.parametrize("name", [n for n in OPTIMIZER_CASES if n != "adam"])
 def test_four_micro_batches_are_the_full_batch(name):
     reference = train(name, STEPS, Ranks(), dtype=torch.float64)

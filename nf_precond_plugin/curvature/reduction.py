@@ -72,11 +72,15 @@ def all_reduce_mean_(
     return collectives
 
 
-def broadcast_int(value: int, group: dist.ProcessGroup | None) -> int:
-    """The first rank of ``group``'s ``value`` on every rank (``value`` itself without a group)."""
+def broadcast_int(value: int, group: dist.ProcessGroup | None, device: torch.device | str = "cpu") -> int:
+    """The first rank of ``group``'s ``value`` on every rank (``value`` itself without a group).
+
+    ``device`` is where this rank's tensors live: nccl needs each rank's own GPU (its current
+    device may be another rank's, e.g. cuda:0, when the launcher never called set_device)."""
     if group is None:
         return value
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    if dist.get_backend(group) != "nccl":
+        device = "cpu"
     carrier = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(carrier, src=dist.get_global_rank(group, 0), group=group)
     return int(carrier.item())

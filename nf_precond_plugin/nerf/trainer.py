@@ -55,9 +55,14 @@ class CurvatureTrainer(Trainer):
             scheduler = entry.get("scheduler")
             if isinstance(scheduler, DecayToFractionSchedulerConfig) and scheduler.max_steps is None:
                 scheduler.max_steps = config.max_num_iterations
+        if config.machine.device_type == "cuda" and world_size > 1:
+            # nccl collectives run on the current device; nerfstudio's launcher only moves the model
+            torch.cuda.set_device(local_rank)
         super().__init__(config, local_rank, world_size)
         self.convergence = ConvergenceLog()
         self._train_seconds = 0.0
+        self._last_update_step: int | None = None
+        self._save_deferred = False
 
     def setup(self, test_mode="val") -> None:
         # Bad data (a missing LLFF path, a wrong poses file) surfaces here: one line, no traceback.
@@ -70,6 +75,11 @@ class CurvatureTrainer(Trainer):
         self.base_dir.mkdir(parents=True, exist_ok=True)
         with reported_as_one_line(PROG):
             super().train()
+            if self._save_deferred and self._last_update_step is not None:
+                # The run ended inside an accumulation cycle: save the state of its last update.
+                # (Resuming from it, the lr schedule is ahead by the unfinished micro-batches.)
+                self._save_deferred = False
+                self._write_checkpoint(self._last_update_step)
 
     def _curvature_optimizers(self) -> list[CurvatureOptimizer]:
         return [opt for opt in self.optimizers.optimizers.values() if isinstance(opt, CurvatureOptimizer)]
@@ -117,12 +127,29 @@ class CurvatureTrainer(Trainer):
                     total += metrics_dict[f"Gradients/{tag}"]
             metrics_dict["Gradients/Total"] = total
         self.optimizers.scheduler_step_all(step)
+        if result.stepped:
+            self._last_update_step = step
+            if self._save_deferred:
+                self._save_deferred = False
+                self._write_checkpoint(step)
         # Logged, not differentiated again: the writers call float() on them.
         return result.loss, {k: v.detach() for k, v in loss_dict.items()}, metrics_dict
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
-        """nerfstudio's checkpoint, written atomically and loadable with ``weights_only``."""
+        """nerfstudio's checkpoint, written atomically and loadable with ``weights_only``.
+
+        Inside an accumulation cycle the checkpoint waits for the cycle's update: resumed at
+        ``step + 1``, a run must start a fresh cycle, not finish a half-summed one.
+        """
+        micro_batches = accumulation_steps(self.config) or 1
+        if micro_batches > 1 and step % micro_batches != micro_batches - 1:
+            self._save_deferred = True
+            return
+        self._write_checkpoint(step)
+
+    @check_main_thread
+    def _write_checkpoint(self, step: int) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         state = {

@@ -136,9 +136,11 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         """One Rademacher probe per parameter from the optimizer's own generator, the same on every rank."""
         if self._probe_generator is None:
             # Agreed with the first rank once, so ranks whose global RNGs differ still draw alike.
-            seed = broadcast_int(self._probe_seed, active_process_group(self.process_group))
+            seed = broadcast_int(self._probe_seed, active_process_group(self.process_group), params[0].device)
             self._probe_seed = seed
-            self._probe_generator = torch.Generator(device=params[0].device).manual_seed(seed)
+            # On the CPU whatever the parameters' device: CUDA's random streams depend on the GPU
+            # model, and a CPU state resumes on any device. (The words are numel/31 int32.)
+            self._probe_generator = torch.Generator(device="cpu").manual_seed(seed)
             if self._probe_generator_state is not None:
                 self._probe_generator.set_state(self._probe_generator_state)
                 self._probe_generator_state = None
@@ -159,7 +161,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if saved is not None:
             self._probe_seed = int(saved["seed"])
-            self._probe_generator = None  # rebuilt on the next probe, on the parameters' device
+            self._probe_generator = None  # rebuilt on the next probe
             self._probe_generator_state = saved["state"]
         self._pending_hvp = None
 
@@ -192,7 +194,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         try:
             if self._pending_hvp is None:
                 self._pending_hvp = HvpSum(params, self._probes(params))
-            elif params != self._pending_hvp.params:
+            elif not _same_tensors(params, self._pending_hvp.params):
                 raise RuntimeError(
                     f"{type(self).__name__}.accumulate: the parameters with a gradient changed between micro-batches "
                     f"({len(self._pending_hvp.params)} before, {len(params)} now); every micro-batch of a step "
@@ -215,6 +217,9 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        reduce_over = active_process_group(self.process_group)
+        if reduce_over is not None:
+            _zero_missing_grads(self.param_groups)  # every rank must reduce the same tensors
         groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -232,7 +237,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             products = self._products(all_params, due, pending) if due else {}
             grads = [p.grad.detach() for p in all_params]  # the same storage as p.grad
             # Averaged before the estimator squares anything; grads and H·v share the buckets.
-            all_reduce_mean_(grads + [h for _, h in products.values()], active_process_group(self.process_group))
+            all_reduce_mean_(grads + [h for _, h in products.values()], reduce_over)
             estimate = ESTIMATORS[self.estimator]
             samples = {p: estimate(v, h) for p, (v, h) in products.items()}
             if not _all_finite(grads + list(samples.values())):
@@ -262,7 +267,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         that H is the whole Hessian): the micro-batches' sum if ``accumulate()`` gathered one, else
         one double backward now."""
         if pending is not None:
-            if pending.params != all_params:
+            if not _same_tensors(pending.params, all_params):
                 raise RuntimeError(
                     f"{type(self).__name__}.step: the accumulated H·v covers {len(pending.params)} parameters but "
                     f"{len(all_params)} have a gradient; call accumulate() after the last micro-batch's backward"
@@ -339,6 +344,24 @@ _DDP_HINT = (
     "; a model wrapped in DistributedDataParallel must run forward and backward inside model.no_sync(), "
     "since this optimizer averages gradients and H·v over the process group itself"
 )
+
+
+def _zero_missing_grads(param_groups: list[dict[str, Any]]) -> None:
+    """A zero gradient for every trainable parameter that has none on this rank.
+
+    Across processes a parameter may get a gradient on some ranks only (a branch of the model no
+    sample of this shard took); the collectives need the same tensors on every rank, and the
+    mean over ranks counts this rank's contribution as zero, as DDP does for unused parameters.
+    """
+    for group in param_groups:
+        for p in group["params"]:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+
+def _same_tensors(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
+    """The same tensors in the same order (by identity: ``==`` on tensors compares values)."""
+    return len(first) == len(second) and all(a is b for a, b in zip(first, second))
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

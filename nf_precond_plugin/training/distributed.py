@@ -27,8 +27,11 @@ import torch.distributed as dist
 from nf_precond_plugin.errors import PeerProcessLost, UserInputError
 
 COLLECTIVE_TIMEOUT_ENV = "NF_PRECOND_COLLECTIVE_TIMEOUT"
-"""Seconds a collective may wait for a peer before the run fails (default 300)."""
-DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+"""Seconds a collective may wait for a peer before the run fails (default 1800, torch's own).
+
+Long enough for rank 0's evaluation and exports, which the other ranks wait out in their next
+collective; a peer that dies is noticed at once anyway (its connections close)."""
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 
 T = TypeVar("T")
 
@@ -91,6 +94,11 @@ def training_device(requested: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserInputError(f"--device {requested}: this machine has no CUDA device; use --device cpu")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is not None:
+            raise UserInputError(
+                f"--device {requested}: under torchrun each rank takes its own GPU (cuda:LOCAL_RANK); "
+                "pass --device cuda"
+            )
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.index >= torch.cuda.device_count():
@@ -103,7 +111,8 @@ def leave_process_group(finished: bool = True) -> None:
     aborts a process whose peer closes while it still sends)."""
     if dist.is_available() and dist.is_initialized():
         if finished and dist.get_world_size() > 1:
-            dist.barrier()
+            with peers_watched(current_ranks(), "the run itself had finished"):
+                dist.barrier()
         dist.destroy_process_group()
         # Drop what still refers to the group now: a gloo group torn down during interpreter
         # finalisation can abort the process ("terminate called without an active exception").

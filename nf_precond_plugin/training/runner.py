@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import yaml
 
+from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_
 from nf_precond_plugin.errors import TrainingDiverged, UserInputError
 from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel
 from nf_precond_plugin.rundir import new_run_dir
@@ -288,13 +289,18 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
     if batches == 0:
         raise UserInputError(f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)")
     run.epoch += 1
+    epoch_loss /= batches
+    if ranks.world_size > 1:  # the global batch's loss, not rank 0's shard's
+        mean = torch.tensor([epoch_loss], dtype=torch.float64, device=settings.device)
+        all_reduce_mean_([mean], active_process_group())
+        epoch_loss = float(mean)
     row = {
         "optimizer": run.name,
         "epoch": run.epoch,
         "step": run.step,
         "wall_seconds": run.wall_seconds,
         "optimizer_step_seconds": run.optimizer_step_seconds,
-        "loss": epoch_loss / batches,
+        "loss": epoch_loss,
     }
     if ranks.is_main and (run.epoch % settings.eval_every == 0 or run.epoch == settings.epochs):
         run.model.eval()

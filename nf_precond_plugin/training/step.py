@@ -51,6 +51,13 @@ def needs_create_graph(*optimizers: torch.optim.Optimizer) -> bool:
     return any(getattr(opt, "should_create_graph", lambda: False)() for opt in optimizers)
 
 
+def _detach_grads(optimizer: torch.optim.Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.grad_fn is not None:
+                p.grad = p.grad.detach()
+
+
 def reduces_own_gradients(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` averages gradients over the process group itself."""
     return bool(getattr(optimizer, "reduces_gradients", False))
@@ -62,15 +69,18 @@ def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> int:
     group = active_process_group()
     if group is None:
         return 0
-    grads = [
-        p.grad
+    params = [
+        p
         for opt in optimizers
         if not reduces_own_gradients(opt)
         for param_group in opt.param_groups
         for p in param_group["params"]
-        if p.grad is not None
+        if p.requires_grad
     ]
-    return all_reduce_mean_(grads, group)
+    for p in params:  # the same tensors on every rank, as in the curvature optimizers' step()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return all_reduce_mean_([p.grad for p in params], group)
 
 
 @dataclass
@@ -124,7 +134,14 @@ def training_step(
             if not math.isfinite(value):
                 raise NonFiniteLossError(value)
         scaled = loss / count if count > 1 else loss
-        scaled.backward(create_graph=needs_create_graph(*optimizers), inputs=None if inputs is None else list(inputs))
+        create_graph = needs_create_graph(*optimizers)
+        scaled.backward(create_graph=create_graph, inputs=None if inputs is None else list(inputs))
+    if create_graph:
+        # Only H·v optimizers differentiate their gradients again; a graph left on the others'
+        # p.grad would keep every micro-batch's forward alive until the next zero_grad.
+        for opt in optimizers:
+            if not getattr(opt, "should_create_graph", lambda: False)():
+                _detach_grads(opt)
     if count > 1:
         for opt in curvature:
             opt.accumulate()

@@ -112,3 +112,19 @@ def test_gradient_accumulation_updates_once_per_micro_batches_with_curvature_ste
     assert group[LAST_HVP_STEP] == 1  # both were H·v steps (warm-up 2)
     moved = [not torch.equal(a, b.detach()) for a, b in zip(field, trainer.pipeline.model.parameters())]
     assert any(moved)
+
+
+def test_a_checkpoint_due_inside_an_accumulation_cycle_waits_for_its_update(scene, tmp_path):
+    """Resumed at step + 1, a run must start a fresh cycle: checkpoints land on a cycle's last
+    micro-batch, and a run that ends mid-cycle saves the state of its last update."""
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=5)
+    config.gradient_accumulation_steps = {"fields": 2}
+    config.steps_per_save = 2  # nerfstudio asks at steps 2 and 4 (mid-cycle) and at the end (4)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    checkpoints = sorted(trainer.checkpoint_dir.glob("step-*.ckpt"))
+    assert [c.name for c in checkpoints] == ["step-000000003.ckpt"]
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    assert state["step"] == 3
+    assert state["optimizers"]["fields"]["param_groups"][0][STEP_COUNT] == 2  # steps 0+1 and 2+3
