@@ -30,7 +30,7 @@ from nf_precond_plugin.errors import TrainingDiverged, reported_as_one_line
 from nf_precond_plugin.nerf.checkpoints import keep_only, save_atomically
 from nf_precond_plugin.nerf.convergence import ConvergenceLog
 from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig
-from nf_precond_plugin.nerf.trainer_policy import accumulation_steps, check_supported
+from nf_precond_plugin.nerf.trainer_policy import accumulation_steps, check_launchable, check_supported
 from nf_precond_plugin.optim.base import CurvatureOptimizer
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
@@ -41,6 +41,14 @@ PROG = "ns-train"
 @dataclass
 class CurvatureTrainerConfig(TrainerConfig):
     _target: type = field(default_factory=lambda: CurvatureTrainer)
+
+    def save_config(self) -> None:
+        # ns-train saves the config just before it launches the processes: refuse here, once,
+        # rather than in every spawned process (or in nerfstudio's own assert).
+        with reported_as_one_line(PROG):
+            check_launchable(self)
+            check_supported(self, world_size=1)
+        super().save_config()
 
 
 class CurvatureTrainer(Trainer):

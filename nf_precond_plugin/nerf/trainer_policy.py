@@ -30,6 +30,24 @@ def accumulation_steps(config: TrainerConfig) -> int | None:
     return counts.pop() if len(counts) == 1 else None
 
 
+def check_launchable(config: TrainerConfig) -> None:
+    """Refuse device counts nerfstudio's launcher would only fail on later, in every process."""
+    devices = config.machine.num_devices
+    if devices * config.machine.num_machines <= 1:
+        return
+    if config.machine.device_type != "cuda":
+        raise UserInputError(
+            f"--machine.num-devices {devices}: nerfstudio's launcher runs several devices on CUDA only "
+            f"(got --machine.device-type {config.machine.device_type}); train on one device"
+        )
+    import torch
+
+    if devices > torch.cuda.device_count():
+        raise UserInputError(
+            f"--machine.num-devices {devices}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
 def check_supported(config: TrainerConfig, world_size: int) -> None:
     """Refuse the settings the trainer cannot honour, naming the option."""
     groups = curvature_groups(config)

@@ -53,6 +53,10 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
             [*refused, "--mixed-precision", "True", "--output-dir", outputs / "mixed_precision", "--data", tiny_scene],
             "mixed_precision",
         ),
+        "several_cpu_devices": start_command(
+            [*refused, "--machine.num-devices", "2", "--output-dir", outputs / "devices", "--data", tiny_scene],
+            "several_cpu_devices",
+        ),
         "accumulation": start_command(
             [
                 *refused,
@@ -73,6 +77,7 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
         ),  # fmt: skip
     }
     runs["accumulation"].output_dir = outputs / "accumulation"
+    runs["several_cpu_devices"].output_dir = outputs / "devices"
     return runs
 
 
@@ -202,6 +207,15 @@ def test_mixed_precision_is_refused_in_one_line(cli_runs: dict[str, Any]):
     errors = error_lines(run.output)
     assert len(errors) == 1 and re.search(r"mixed[- ]precision", errors[0], re.IGNORECASE), run.describe()
     assert "Training Finished" not in run.output, run.describe()
+
+
+def test_several_devices_on_the_cpu_are_refused_in_one_line_before_anything_is_written(cli_runs: dict[str, Any]):
+    run = cli_runs["several_cpu_devices"].result()
+    assert run.returncode == 2, run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    errors = error_lines(run.output)
+    assert len(errors) == 1 and "--machine.num-devices 2" in errors[0] and "CUDA only" in errors[0], run.describe()
+    assert not list(cli_runs["several_cpu_devices"].output_dir.rglob("config.yml"))
 
 
 def test_gradient_accumulation_is_accepted_on_the_command_line(cli_runs: dict[str, Any]):
