@@ -18,13 +18,14 @@ from nf_precond_plugin.curvature.estimators import (
     equilibration_sample,
     jacobi_sample,
 )
-from nf_precond_plugin.curvature.hvp import MISSING_GRAPH_HINT, functional_hvp, hvp
+from nf_precond_plugin.curvature.hvp import MISSING_GRAPH_HINT, functional_hvp, hvp, release_graph
 from nf_precond_plugin.curvature.probes import rademacher_like
 from nf_precond_plugin.curvature.reduction import (
     DEFAULT_BUCKET_BYTES,
     active_process_group,
     all_reduce_mean_,
     broadcast_int,
+    fill_missing_grads_,
 )
 from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
 from nf_precond_plugin.curvature.sparsity import SPARSE_CURVATURE, zero_fraction
@@ -36,6 +37,8 @@ __all__ = [
     "active_process_group",
     "all_reduce_mean_",
     "broadcast_int",
+    "fill_missing_grads_",
+    "release_graph",
     "SPARSE_CURVATURE",
     "clip_foreach_",
     "inverse_time_lr",

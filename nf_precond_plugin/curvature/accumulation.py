@@ -29,11 +29,9 @@ class HvpSum:
         self.params = list(params)
         self.probes = list(probes)
         self.total: list[torch.Tensor] = [torch.zeros_like(p) for p in self.params]
-        self.micro_batches = 0
 
     def add(self, grads: Sequence[torch.Tensor]) -> None:
         """Add Hₖ v from gradients whose graph is micro-batch k's (built with ``create_graph=True``)."""
         with torch.enable_grad():
             products = hvp(grads, self.params, self.probes)
         torch._foreach_add_(self.total, products)
-        self.micro_batches += 1

@@ -49,6 +49,14 @@ def hvp(
     return [torch.zeros_like(p) if hv is None else hv for p, hv in zip(params, products)]
 
 
+def release_graph(params: Sequence[torch.Tensor]) -> None:
+    """Drop the autograd graph that ``backward(create_graph=True)`` hangs off ``p.grad`` (it
+    references p: a param↔grad cycle, and it keeps the whole forward alive)."""
+    for p in params:
+        if p.grad is not None and p.grad.grad_fn is not None:
+            p.grad = p.grad.detach()
+
+
 def functional_hvp(
     loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     params: Mapping[str, torch.Tensor],

@@ -29,6 +29,18 @@ def active_process_group(group: dist.ProcessGroup | None = None) -> dist.Process
     return group if dist.get_world_size(group) > 1 else None
 
 
+def fill_missing_grads_(params: Sequence[torch.Tensor]) -> None:
+    """A zero gradient for every trainable parameter that has none on this rank.
+
+    A parameter may get a gradient on some ranks only (a branch of the model no sample of this
+    shard took); the collectives need the same tensors on every rank, and the mean over ranks
+    then counts this rank's contribution as zero, as DDP does for unused parameters.
+    """
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def buckets(tensors: Sequence[torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[list[int]]:
     """Indices of ``tensors`` in consecutive runs of one dtype and device, each at most ``bucket_bytes``
     (a single larger tensor is a bucket of its own)."""

@@ -28,7 +28,6 @@ class CurvaturePipeline(VanillaPipeline):
     def __init__(self, config, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None):
         # world_size=1: no DDP wrapper (see above); the datamanager only sizes eval loaders with it.
         super().__init__(config, device, test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler)
-        self.devices = world_size
         if world_size > 1:
             broadcast_module_(self._model)  # nerfstudio seeds each rank apart; start from rank 0's field
 

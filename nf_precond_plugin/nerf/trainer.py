@@ -69,6 +69,7 @@ class CurvatureTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
         self.convergence = ConvergenceLog()
         self._train_seconds = 0.0
+        self._micro_batches = accumulation_steps(config)  # None: groups differ (nerfstudio's loop, Adam only)
         self._last_update_step: int | None = None
         self._save_deferred = False
 
@@ -102,7 +103,7 @@ class CurvatureTrainer(Trainer):
 
     @profiler.time_function
     def _train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
-        micro_batches = accumulation_steps(self.config)
+        micro_batches = self._micro_batches
         if self.world_size == 1 and not self._curvature_optimizers():
             if self.mixed_precision or self.use_grad_scaler or micro_batches is None:
                 return super().train_iteration(step)  # nerfstudio's own loop handles what Adam may use
@@ -150,7 +151,7 @@ class CurvatureTrainer(Trainer):
         Inside an accumulation cycle the checkpoint waits for the cycle's update: resumed at
         ``step + 1``, a run must start a fresh cycle, not finish a half-summed one.
         """
-        micro_batches = accumulation_steps(self.config) or 1
+        micro_batches = self._micro_batches or 1
         if micro_batches > 1 and step % micro_batches != micro_batches - 1:
             self._save_deferred = True
             return

@@ -43,9 +43,11 @@ from nf_precond_plugin.curvature import (
     active_process_group,
     all_reduce_mean_,
     broadcast_int,
+    fill_missing_grads_,
     hvp,
     is_curvature_step,
     rademacher_like,
+    release_graph,
 )
 
 # Per-group bookkeeping kept inside the param groups, so that state_dict()/load_state_dict()
@@ -202,7 +204,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
                 )
             self._pending_hvp.add(grads)
         finally:
-            _release_graph(params)
+            release_graph(params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)
@@ -219,12 +221,12 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
         reduce_over = active_process_group(self.process_group)
         if reduce_over is not None:
-            _zero_missing_grads(self.param_groups)  # every rank must reduce the same tensors
+            fill_missing_grads_([p for group in self.param_groups for p in group["params"]])
         groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
-                _release_graph(params)
+                release_graph(params)
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             groups.append((group, params, self._group_due(group)))
 
@@ -257,7 +259,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
             for group in self.param_groups:
                 group[STEP_COUNT] += 1
         finally:
-            _release_graph(all_params)
+            release_graph(all_params)
         return loss
 
     def _products(
@@ -346,19 +348,6 @@ _DDP_HINT = (
 )
 
 
-def _zero_missing_grads(param_groups: list[dict[str, Any]]) -> None:
-    """A zero gradient for every trainable parameter that has none on this rank.
-
-    Across processes a parameter may get a gradient on some ranks only (a branch of the model no
-    sample of this shard took); the collectives need the same tensors on every rank, and the
-    mean over ranks counts this rank's contribution as zero, as DDP does for unused parameters.
-    """
-    for group in param_groups:
-        for p in group["params"]:
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-
-
 def _same_tensors(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
     """The same tensors in the same order (by identity: ``==`` on tensors compares values)."""
     return len(first) == len(second) and all(a is b for a, b in zip(first, second))
@@ -375,10 +364,3 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
         return True
     wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
     return bool(torch.isfinite(torch.stack([t.sum(dtype=wide) for t in tensors]).sum()))
-
-
-def _release_graph(params: list[torch.Tensor]) -> None:
-    """Drop the autograd graph hanging off ``p.grad`` (it references p: a param↔grad cycle)."""
-    for p in params:
-        if p.grad is not None and p.grad.grad_fn is not None:
-            p.grad = p.grad.detach()

@@ -33,7 +33,7 @@ from typing import Generic, TypeVar
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_
+from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_, fill_missing_grads_, release_graph
 
 AuxT = TypeVar("AuxT")
 
@@ -51,11 +51,8 @@ def needs_create_graph(*optimizers: torch.optim.Optimizer) -> bool:
     return any(getattr(opt, "should_create_graph", lambda: False)() for opt in optimizers)
 
 
-def _detach_grads(optimizer: torch.optim.Optimizer) -> None:
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.grad_fn is not None:
-                p.grad = p.grad.detach()
+def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def reduces_own_gradients(optimizer: torch.optim.Optimizer) -> bool:
@@ -69,17 +66,8 @@ def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> int:
     group = active_process_group()
     if group is None:
         return 0
-    params = [
-        p
-        for opt in optimizers
-        if not reduces_own_gradients(opt)
-        for param_group in opt.param_groups
-        for p in param_group["params"]
-        if p.requires_grad
-    ]
-    for p in params:  # the same tensors on every rank, as in the curvature optimizers' step()
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
+    params = [p for opt in optimizers if not reduces_own_gradients(opt) for p in _params_of(opt) if p.requires_grad]
+    fill_missing_grads_(params)  # the same tensors on every rank, as in the curvature optimizers' step()
     return all_reduce_mean_([p.grad for p in params], group)
 
 
@@ -140,8 +128,8 @@ def training_step(
         # Only H·v optimizers differentiate their gradients again; a graph left on the others'
         # p.grad would keep every micro-batch's forward alive until the next zero_grad.
         for opt in optimizers:
-            if not getattr(opt, "should_create_graph", lambda: False)():
-                _detach_grads(opt)
+            if not needs_create_graph(opt):
+                release_graph(_params_of(opt))
     if count > 1:
         for opt in curvature:
             opt.accumulate()

@@ -7,7 +7,7 @@ With ``same-rays`` every rank is seeded like rank 0, so all trace the same rays:
 over devices is each device's own gradient, and the run must be the one-device run.
 
 RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from the environment; writes the field's final
-parameters and the optimizer's step count to ``OUT/rank<r>.pt``.
+parameters (before and after training) and the optimizer's step count to ``OUT/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
     original_train = CurvatureTrainer.train
 
     def train_and_keep(trainer: CurvatureTrainer) -> None:
+        captured["initial"] = [p.detach().clone() for p in trainer.pipeline.model.parameters()]
         original_train(trainer)
         captured["trainer"] = trainer
 
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> None:
     optimizer = trainer.optimizers.optimizers["fields"]
     torch.save(
         {
+            "initial": captured["initial"],
             "params": [p.detach().clone() for p in trainer.pipeline.model.parameters()],
             "steps": optimizer_steps(optimizer),
             "base_dir": str(trainer.base_dir),
