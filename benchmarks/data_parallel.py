@@ -42,12 +42,11 @@ OPTIMIZERS = ("adam", "esgd")
 def schedule(optimizer_name: str) -> tuple[int, int]:
     """(untimed warm-up steps, steps per timed cycle): ESGD's default H·v schedule; Adam takes a
     cycle of the same length."""
-    from nf_precond_plugin.optim.esgd import RULE_DEFAULTS
+    from nf_precond_plugin.optim.esgd import ESGD
+    from nf_precond_plugin.optim.factory import constructor_default
 
-    defaults = RULE_DEFAULTS["clipped"]
-    if optimizer_name == "esgd":
-        return defaults["d_warmup"], defaults["update_d_every"]
-    return 5, defaults["update_d_every"]
+    warmup, every = constructor_default(ESGD, "d_warmup"), constructor_default(ESGD, "update_d_every")
+    return (warmup if optimizer_name == "esgd" else 5), every
 
 
 def worker(optimizer_name: str, cycles: int, global_batch: int, out: Path) -> None:

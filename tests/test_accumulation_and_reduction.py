@@ -20,6 +20,7 @@ from nf_precond_plugin.curvature import (
 from nf_precond_plugin.curvature.reduction import buckets
 from nf_precond_plugin.optim import ESGD, AdaHessian
 from nf_precond_plugin.optim.base import PROBE_GENERATOR
+from nf_precond_plugin.training.step import training_step
 
 
 def small_problem(dtype=torch.float64):
@@ -73,7 +74,7 @@ def test_accumulate_after_backward_folds_in_only_the_new_micro_batch():
 
 
 @pytest.mark.parametrize("optimizer_type", [ESGD, AdaHessian])
-def test_accumulate_with_a_loss_equals_one_full_batch_step(optimizer_type):
+def test_micro_batches_through_training_step_equal_one_full_batch_step(optimizer_type):
     model, x, y = small_problem()
     twin, _, _ = small_problem()
     full = optimizer_type(twin.parameters(), probe_seed=11)
@@ -82,10 +83,10 @@ def test_accumulate_with_a_loss_equals_one_full_batch_step(optimizer_type):
         full.zero_grad()
         torch.nn.functional.mse_loss(twin(x), y).backward(create_graph=full.should_create_graph())
         full.step()
-        split.zero_grad()
-        for xs, ys in zip(x.chunk(3), y.chunk(3)):
-            split.accumulate(torch.nn.functional.mse_loss(model(xs), ys) / 3)
-        split.step()
+        for k, (xs, ys) in enumerate(zip(x.chunk(3), y.chunk(3))):
+            training_step(
+                [split], lambda xs=xs, ys=ys: (torch.nn.functional.mse_loss(model(xs), ys), None), micro_batch=(k, 3)
+            )
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -94,9 +95,11 @@ def test_a_micro_batch_that_reaches_other_parameters_is_refused_with_a_clear_err
     first, second = torch.nn.Linear(2, 1).double(), torch.nn.Linear(2, 1).double()
     optimizer = ESGD([*first.parameters(), *second.parameters()])
     x = torch.randn(4, 2, dtype=torch.float64)
-    optimizer.accumulate(first(x).square().mean())
+    first(x).square().mean().backward(create_graph=optimizer.should_create_graph())
+    optimizer.accumulate()
+    (first(x) + second(x)).square().mean().backward(create_graph=optimizer.should_create_graph())
     with pytest.raises(RuntimeError, match="parameters with a gradient changed between micro-batches"):
-        optimizer.accumulate((first(x) + second(x)).square().mean())
+        optimizer.accumulate()
 
 
 def test_the_probe_generator_is_seeded_saved_and_restored():

@@ -13,15 +13,7 @@ import pytest
 import torch
 
 from nf_precond_plugin.fields import CoordinateMLP
-from nf_precond_plugin.optim import ESGD, AdaHessian
-
-
-class PaperESGD(ESGD):
-    """The paper's rule, whose closed forms these oracles state (the clipped rule has its own tests)."""
-
-    def __init__(self, params, **kwargs):
-        super().__init__(params, rule="paper", **kwargs)
-
+from nf_precond_plugin.optim import AdaHessian, ESGDMax, PaperESGD
 
 # ----------------------------------------------------------------------------------------------
 # 10. state_dict() / load_state_dict(): bit-identical resumption
@@ -39,12 +31,12 @@ RESUME_AT = 17
 RESUME_CASES = {
     "esgd-ema": (
         PaperESGD,
-        dict(lr=0.01, variant="ema", update_d_every=7, d_warmup=3),
+        dict(lr=0.01, update_d_every=7, d_warmup=3),
         dict(update_d_every=50, d_warmup=40),
     ),
     "esgd-max": (
-        PaperESGD,
-        dict(lr=0.01, variant="max", update_d_every=7, d_warmup=3),
+        ESGDMax,
+        dict(lr=0.01, update_d_every=7, d_warmup=3),
         dict(update_d_every=1, d_warmup=100),
     ),
     "adahessian-E": (
@@ -167,7 +159,7 @@ def _no_graph_on_grads(model) -> bool:
     "cls, kwargs",
     [
         (PaperESGD, dict(lr=1e-3, update_d_every=3, d_warmup=1)),
-        (PaperESGD, dict(lr=1e-3, update_d_every=3, d_warmup=1, variant="max")),
+        (ESGDMax, dict(lr=1e-3, update_d_every=3, d_warmup=1)),
         (AdaHessian, dict(lr=1e-3, update_d_every=3, d_warmup=1)),
         (AdaHessian, dict(lr=1e-3, update_d_every=3, d_warmup=1, estimator="jacobi")),
     ],

@@ -16,15 +16,9 @@ import pytest
 import torch
 
 import nf_precond_plugin.optim.base as optim_base
-from nf_precond_plugin.optim import ESGD, AdaHessian
+from nf_precond_plugin.optim import ESGD, AdaHessian, ESGDMax, PaperESGD
 
-
-class PaperESGD(ESGD):
-    """The paper's rule, whose closed forms these oracles state (the clipped rule has its own tests)."""
-
-    def __init__(self, params, **kwargs):
-        super().__init__(params, rule="paper", **kwargs)
-
+# The paper's rules, whose closed forms these oracles state (the project's ESGD has its own tests).
 
 F64 = torch.float64
 HINT = "loss.backward(create_graph=opt.should_create_graph())"
@@ -66,7 +60,7 @@ def flat(params) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 # The schedules the spec gives as defaults.
-DEFAULT_SCHEDULE = {"esgd": (100, 50), "adahessian": (1, 1)}
+DEFAULT_SCHEDULE = {"esgd": (100, 50), "esgd-max": (100, 50), "adahessian": (1, 1)}
 
 
 def reference(
@@ -84,7 +78,6 @@ def reference(
     beta1, beta2 = hp["betas"]
     eps = hp["eps"]
     wd = hp.get("weight_decay", 0.0)
-    variant = hp.get("variant", "ema")
     bias_correction = hp.get("bias_correction", "paper")
     estimator = hp.get("estimator", "equilibration")
     power = hp.get("hessian_power", 1.0)
@@ -117,7 +110,7 @@ def reference(
             elif due:
                 h2 = hv[i] * hv[i]
                 vh = v[i] * hv[i]
-            if family == "esgd" and variant == "ema":
+            if family == "esgd":
                 if due:
                     D[i] = beta2 * D[i] + (1 - beta2) * h2
                 m[i] = beta1 * m[i] + (1 - beta1) * g[i]
@@ -125,7 +118,7 @@ def reference(
                 denom = math.sqrt(D[i] / (1 - beta2**count)) + eps
                 theta[i] = theta[i] * (1 - lr * wd)
                 theta[i] = theta[i] - lr * (m[i] / (1 - beta1**t)) / denom
-            elif family == "esgd":  # max
+            elif family == "esgd-max":
                 if due:
                     D[i] = max(beta2 * D[i], h2)
                 denom = math.sqrt(D[i]) + eps
@@ -149,7 +142,7 @@ def reference(
     return trajectory, schedule
 
 
-CLASSES = {"esgd": PaperESGD, "adahessian": AdaHessian}
+CLASSES = {"esgd": PaperESGD, "esgd-max": ESGDMax, "adahessian": AdaHessian}
 
 
 def run(opt, params, num_steps: int, loss_fn=quadratic, use_closure: bool = False):
@@ -208,15 +201,15 @@ CONFIGS = {
         "esgd",
         dict(lr=0.02, betas=(0.5, 0.9), eps=1e-3, update_d_every=2, d_warmup=1, weight_decay=0.1),
     ),
-    "esgd-max-7/3": ("esgd", dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, variant="max")),
+    "esgd-max-7/3": ("esgd-max", dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3)),
     "esgd-max-7/3-wd": (
-        "esgd",
-        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, variant="max", weight_decay=0.01),
+        "esgd-max",
+        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, weight_decay=0.01),
     ),
-    "esgd-max-default-schedule": ("esgd", dict(lr=0.15, betas=(0.9, 0.999), eps=1e-4, variant="max")),
+    "esgd-max-default-schedule": ("esgd-max", dict(lr=0.15, betas=(0.9, 0.999), eps=1e-4)),
     "esgd-max-betas-eps-1/1-wd": (
-        "esgd",
-        dict(lr=0.1, betas=(0.8, 0.95), eps=1e-2, update_d_every=1, d_warmup=1, variant="max", weight_decay=0.1),
+        "esgd-max",
+        dict(lr=0.1, betas=(0.8, 0.95), eps=1e-2, update_d_every=1, d_warmup=1, weight_decay=0.1),
     ),
     "adah-E-p1-default-schedule": ("adahessian", dict(lr=0.15, betas=(0.9, 0.999), eps=1e-4)),
     "adah-E-p0.5-default-schedule": ("adahessian", dict(lr=0.15, betas=(0.9, 0.999), eps=1e-4, hessian_power=0.5)),
@@ -337,7 +330,7 @@ COMMON_BAD = [
 ]
 
 
-@pytest.mark.parametrize("cls", [PaperESGD, AdaHessian])
+@pytest.mark.parametrize("cls", [ESGD, PaperESGD, ESGDMax, AdaHessian])
 @pytest.mark.parametrize(
     "kwargs, option", COMMON_BAD, ids=[f"{list(k)[0]}={list(k.values())[0]}" for k, _ in COMMON_BAD]
 )
@@ -349,7 +342,6 @@ def test_invalid_common_hyperparameters(cls, kwargs, option):
 @pytest.mark.parametrize(
     "cls, kwargs, option",
     [
-        (PaperESGD, dict(variant="adam"), "variant"),
         (PaperESGD, dict(bias_correction="none"), "bias_correction"),
         (AdaHessian, dict(estimator="gauss-newton"), "estimator"),
         (AdaHessian, dict(hessian_power=1.5), "hessian_power"),
@@ -366,7 +358,8 @@ def test_invalid_specific_hyperparameters(cls, kwargs, option):
     "cls, kwargs",
     [
         (PaperESGD, dict(lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0, update_d_every=1, d_warmup=1)),
-        (PaperESGD, dict(variant="max", bias_correction="hvp")),
+        (PaperESGD, dict(bias_correction="hvp")),
+        (ESGDMax, dict(lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0, update_d_every=1, d_warmup=1)),
         (AdaHessian, dict(lr=0.0, betas=(0.0, 0.0), eps=0.0, hessian_power=0.0, update_d_every=1, d_warmup=1)),
         (AdaHessian, dict(estimator="jacobi", hessian_power=1.0)),
     ],
@@ -412,10 +405,10 @@ GROUP_CASES = {
         dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3),
         dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.02, bias_correction="hvp"),
     ),
-    "esgd-max-vs-ema": (
-        "esgd",
-        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3, variant="max"),
-        dict(lr=0.02, variant="ema", eps=1e-3),
+    "esgd-max-same-schedule": (
+        "esgd-max",
+        dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, update_d_every=7, d_warmup=3),
+        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-3),
     ),
     "esgd-different-schedules": (
         "esgd",

@@ -21,6 +21,7 @@ from nf_precond_plugin.nerf.optimizers import (
     AdaHessianOptimizerConfig,
     DecayToFractionSchedulerConfig,
     ESGDOptimizerConfig,
+    PaperESGDOptimizerConfig,
 )
 from nf_precond_plugin.nerf.pipeline import CurvaturePipelineConfig
 from nf_precond_plugin.nerf.trainer import CurvatureTrainerConfig
@@ -87,7 +88,7 @@ gaussian_esgd = MethodSpecification(
     description="Gaussian-activated NeRF (8×256, σ=0.1, no PE) trained with the project's clipped ESGD",
 )
 gaussian_esgd_paper = MethodSpecification(
-    config=trainer_config("gaussian-esgd-paper", ESGDOptimizerConfig(rule="paper", lr=ESGD_PAPER_LR), PAPER_SCALE),
+    config=trainer_config("gaussian-esgd-paper", PaperESGDOptimizerConfig(lr=ESGD_PAPER_LR), PAPER_SCALE),
     description="The same Gaussian NeRF trained with the paper's ESGD",
 )
 gaussian_adam = MethodSpecification(
@@ -103,10 +104,59 @@ gaussian_esgd_cpu = MethodSpecification(
     description="gaussian-esgd at CPU scale (4×128, 512 rays × 48 samples), on the CPU by default",
 )
 gaussian_esgd_paper_cpu = MethodSpecification(
-    config=trainer_config("gaussian-esgd-paper-cpu", ESGDOptimizerConfig(rule="paper", lr=ESGD_PAPER_LR), CPU_SCALE),
+    config=trainer_config("gaussian-esgd-paper-cpu", PaperESGDOptimizerConfig(lr=ESGD_PAPER_LR), CPU_SCALE),
     description="gaussian-esgd-paper at CPU scale (4×128, 512 rays × 48 samples), on the CPU by default",
 )
 gaussian_adam_cpu = MethodSpecification(
     config=trainer_config("gaussian-adam-cpu", AdamOptimizerConfig(lr=ADAM_LR, eps=1e-8), CPU_SCALE),
     description="gaussian-adam at CPU scale (4×128, 512 rays × 48 samples), on the CPU by default",
 )
+
+METHODS: dict[str, MethodSpecification] = {
+    "gaussian-esgd": gaussian_esgd,
+    "gaussian-esgd-paper": gaussian_esgd_paper,
+    "gaussian-adam": gaussian_adam,
+    "gaussian-adahessian": gaussian_adahessian,
+    "gaussian-esgd-cpu": gaussian_esgd_cpu,
+    "gaussian-esgd-paper-cpu": gaussian_esgd_paper_cpu,
+    "gaussian-adam-cpu": gaussian_adam_cpu,
+}
+"""Every method above by its ``ns-train`` name (pyproject.toml's entry points name the same)."""
+
+
+def _optimizer_summary(config: CurvatureTrainerConfig) -> str:
+    """What a method trains with, read from its config: optimizer, H·v schedule, bound, lr range."""
+    entry = config.optimizers["fields"]
+    optimizer, scheduler = entry["optimizer"], entry["scheduler"]
+    details = []
+    if hasattr(optimizer, "update_d_every"):
+        every, warmup = optimizer.update_d_every, optimizer.d_warmup
+        details.append(f"H·v on steps 0–{warmup - 1}, then every {every}" if every > 1 else "H·v every step")
+    if hasattr(optimizer, "clip"):
+        details.append(f"steps bounded by lr·ρ, ρ = {optimizer.clip:g}")
+    name = optimizer._target.__name__ + (f" ({'; '.join(details)})" if details else "")
+    final = f" → {optimizer.lr * scheduler.final_fraction:g}" if scheduler is not None else ""
+    return f"{name}, lr {optimizer.lr:g}{final}"
+
+
+def _scale_summary(config: CurvatureTrainerConfig) -> str:
+    model = config.pipeline.model
+    rays = config.pipeline.datamanager.train_num_rays_per_batch
+    device = config.machine.device_type
+    default_device = f", `--machine.device-type {device}` by default" if device != "cuda" else ""
+    return (
+        f"{model.num_layers} × {model.hidden_dim}, {rays:,} rays × {model.num_coarse_samples} samples, "
+        f"{config.max_num_iterations:,} iterations{default_device}"
+    )
+
+
+def method_table() -> str:
+    """The README's table of methods, generated from the configs above (a test holds the two together)."""
+    rows = ["| method | optimizer | scale |", "|---|---|---|"]
+    for name, spec in METHODS.items():
+        rows.append(f"| `{name}` | {_optimizer_summary(spec.config)} | {_scale_summary(spec.config)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(method_table())

@@ -4,7 +4,7 @@ nerfstudio builds an optimizer as ``config._target(params, **fields)`` (minus ``
 field below is a constructor argument of the same class the standalone tasks use, with the
 constructor's default, and shows up on the command line as ``--optimizers.fields.optimizer.<field>``.
 All but ``process_group``: a live object, not a setting; the trainer leaves it at the default
-group, which is every device of the run.
+group, which is every device of the run. The ESGD configs add ``rule``, which picks the class.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from nf_precond_plugin.optim.adahessian import AdaHessian
-from nf_precond_plugin.optim.esgd import ESGD, RULE_DEFAULTS
+from nf_precond_plugin.optim.esgd import ESGD, ESGDMax, PaperESGD
 from nf_precond_plugin.optim.factory import constructor_default
+
+EsgdRule = Literal["clipped", "paper", "max"]
 
 
 def _default(cls: type, name: str):
@@ -29,49 +31,137 @@ def _default(cls: type, name: str):
 
 
 @dataclass
-class ESGDOptimizerConfig(OptimizerConfig):
-    """ESGD: the clipped rule by default (bounded steps ρ, inverse-time lr, Adam-like steps for
-    sparse-curvature tensors), or the paper's with ``rule=paper``. A field left at None takes its
-    rule's default (``nf_precond_plugin.optim.esgd.RULE_DEFAULTS``)."""
+class _CurvatureOptimizerConfig(OptimizerConfig):
+    """Builds ``_target`` from the fields that are its constructor's arguments."""
 
-    _target: type = ESGD
-    lr: float | None = _default(ESGD, "lr")  # type: ignore[assignment]
-    """Learning rate (None: the rule's, 1.0 clipped / 0.15 paper)."""
-    eps: float | None = _default(ESGD, "eps")  # type: ignore[assignment]
-    """Added to the preconditioner's square root before dividing."""
-    betas: tuple[float, float] | None = _default(ESGD, "betas")
-    """Momentum and per-sample curvature-EMA coefficients."""
-    weight_decay: float = _default(ESGD, "weight_decay")
-    """Decoupled weight decay."""
-    update_d_every: int | None = _default(ESGD, "update_d_every")
-    """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int | None = _default(ESGD, "d_warmup")
-    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
-    rule: Literal["clipped", "paper"] = _default(ESGD, "rule")
-    """The project's clipped ESGD, or the paper's."""
-    clip: float | None = _default(ESGD, "clip")
-    """ρ: the bound of each preconditioned step before the lr (clipped rule)."""
-    lr_decay_steps: int | None = _default(ESGD, "lr_decay_steps")
-    """T of the optimizer's own decay lr/(1 + t/T); 0 leaves decay to the scheduler (clipped rule)."""
-    sparse_threshold: float = _default(ESGD, "sparse_threshold")
-    """Fraction of exactly-zero H·v entries from which a tensor takes Adam-like steps (clipped rule)."""
-    variant: Literal["ema", "max"] = _default(ESGD, "variant")
-    """Accumulate (Hv)² by an EMA (ESGD) or a decayed running max (ESGD-max); paper rule."""
-    bias_correction: Literal["paper", "hvp"] = _default(ESGD, "bias_correction")
-    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products; paper rule."""
-    probe_seed: int | None = _default(ESGD, "probe_seed")
-    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
-
-    def __post_init__(self) -> None:
-        # nerfstudio's schedulers read ``lr`` before the optimizer exists: resolve the rule's
-        # defaults here, as the constructor would.
-        for name, value in RULE_DEFAULTS[self.rule].items():
-            if getattr(self, name) is None and value is not None:
-                setattr(self, name, value)
+    def setup(self, params) -> Optimizer:
+        kwargs = {key: value for key, value in vars(self).items() if key not in ("_target", "max_norm", "rule")}
+        return self._target(params, **kwargs)
 
 
 @dataclass
-class AdaHessianOptimizerConfig(OptimizerConfig):
+class ESGDOptimizerConfig(_CurvatureOptimizerConfig):
+    """The project's ESGD (bounded steps ρ, inverse-time lr, Adam-like steps for sparse-curvature
+    tensors); ``rule`` switches to the paper's ESGD or ESGD-max."""
+
+    _target: type = ESGD
+    rule: EsgdRule = "clipped"
+    """Which ESGD: clipped (the project's), paper or max (the paper's ESGD, ESGD-max). Switching
+    keeps the fields set away from this config's defaults, where the other rule has them, and
+    gives every other field the other rule's default."""
+    lr: float = _default(ESGD, "lr")
+    """Learning rate: the scale of the ρ-bounded steps."""
+    eps: float = _default(ESGD, "eps")
+    """Added to the preconditioner's square root before dividing."""
+    betas: tuple[float, float] = _default(ESGD, "betas")
+    """Momentum and per-sample curvature-EMA coefficients."""
+    weight_decay: float = _default(ESGD, "weight_decay")
+    """Decoupled weight decay."""
+    update_d_every: int = _default(ESGD, "update_d_every")
+    """Steps between Hessian-vector products after the warm-up."""
+    d_warmup: int = _default(ESGD, "d_warmup")
+    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    clip: float = _default(ESGD, "clip")
+    """ρ: the bound of each preconditioned step before the lr."""
+    lr_decay_steps: int = _default(ESGD, "lr_decay_steps")
+    """T of the optimizer's own decay lr/(1 + (t − 1)/T); 0 leaves decay to the scheduler."""
+    sparse_threshold: float = _default(ESGD, "sparse_threshold")
+    """Fraction of exactly-zero H·v entries from which a tensor takes Adam-like steps."""
+    probe_seed: int | None = _default(ESGD, "probe_seed")
+    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
+
+
+@dataclass
+class PaperESGDOptimizerConfig(_CurvatureOptimizerConfig):
+    """The paper's ESGD; ``rule`` switches to the project's (clipped) or ESGD-max."""
+
+    _target: type = PaperESGD
+    rule: EsgdRule = "paper"
+    """Which ESGD: clipped (the project's), paper or max (the paper's ESGD, ESGD-max). Switching
+    keeps the fields set away from this config's defaults, where the other rule has them, and
+    gives every other field the other rule's default."""
+    lr: float = _default(PaperESGD, "lr")
+    """Learning rate."""
+    eps: float = _default(PaperESGD, "eps")
+    """Added to the preconditioner's square root before dividing."""
+    betas: tuple[float, float] = _default(PaperESGD, "betas")
+    """Momentum and curvature-EMA coefficients."""
+    weight_decay: float = _default(PaperESGD, "weight_decay")
+    """Decoupled weight decay."""
+    update_d_every: int = _default(PaperESGD, "update_d_every")
+    """Steps between Hessian-vector products after the warm-up."""
+    d_warmup: int = _default(PaperESGD, "d_warmup")
+    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    bias_correction: Literal["paper", "hvp"] = _default(PaperESGD, "bias_correction")
+    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products."""
+    probe_seed: int | None = _default(PaperESGD, "probe_seed")
+    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
+
+
+@dataclass
+class ESGDMaxOptimizerConfig(_CurvatureOptimizerConfig):
+    """The paper's ESGD-max (decayed running max of (Hv)²); ``rule`` switches to another ESGD."""
+
+    _target: type = ESGDMax
+    rule: EsgdRule = "max"
+    """Which ESGD: clipped (the project's), paper or max (the paper's ESGD, ESGD-max). Switching
+    keeps the fields set away from this config's defaults, where the other rule has them, and
+    gives every other field the other rule's default."""
+    lr: float = _default(ESGDMax, "lr")
+    """Learning rate."""
+    eps: float = _default(ESGDMax, "eps")
+    """Added to the preconditioner's square root before dividing."""
+    betas: tuple[float, float] = _default(ESGDMax, "betas")
+    """Momentum and running-max decay coefficients."""
+    weight_decay: float = _default(ESGDMax, "weight_decay")
+    """Decoupled weight decay."""
+    update_d_every: int = _default(ESGDMax, "update_d_every")
+    """Steps between Hessian-vector products after the warm-up."""
+    d_warmup: int = _default(ESGDMax, "d_warmup")
+    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
+    probe_seed: int | None = _default(ESGDMax, "probe_seed")
+    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
+
+
+ESGD_RULE_CONFIGS: dict[str, type[OptimizerConfig]] = {
+    "clipped": ESGDOptimizerConfig,
+    "paper": PaperESGDOptimizerConfig,
+    "max": ESGDMaxOptimizerConfig,
+}
+"""The config of each ESGD rule, which the ``rule`` field of any of them selects."""
+
+
+def with_chosen_rule(config: OptimizerConfig) -> OptimizerConfig:
+    """``config`` as the config of the ESGD rule its ``rule`` field names.
+
+    Fields set away from ``config``'s own defaults carry over where the chosen rule has them
+    (a tuned lr, say); the chosen rule's defaults fill in the rest, and fields only the former
+    rule has (clip, lr_decay_steps, sparse_threshold, bias_correction) are dropped. Any other
+    config is returned as it is.
+    """
+    own = type(config)
+    if own not in ESGD_RULE_CONFIGS.values() or ESGD_RULE_CONFIGS[config.rule] is own:
+        return config
+    chosen = ESGD_RULE_CONFIGS[config.rule]()
+    own_defaults = own()
+    for item in dataclasses.fields(chosen):
+        if item.name in ("_target", "rule") or not hasattr(config, item.name):
+            continue
+        value = getattr(config, item.name)
+        if value != getattr(own_defaults, item.name):
+            setattr(chosen, item.name, value)
+    return chosen
+
+
+def resolve_esgd_rules(optimizers: dict[str, dict]) -> None:
+    """Replace, in place, each ESGD config whose ``rule`` names another rule by that rule's config
+    (before nerfstudio reads the lr for its scheduler, and before the config is saved)."""
+    for entry in optimizers.values():
+        entry["optimizer"] = with_chosen_rule(entry["optimizer"])
+
+
+@dataclass
+class AdaHessianOptimizerConfig(_CurvatureOptimizerConfig):
     """AdaHessian: Adam with the squared-gradient EMA replaced by an EMA of a Hessian-diagonal estimate."""
 
     _target: type = AdaHessian
@@ -95,7 +185,10 @@ class AdaHessianOptimizerConfig(OptimizerConfig):
     """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
 
 
-CURVATURE_OPTIMIZER_CONFIGS: tuple[type[OptimizerConfig], ...] = (ESGDOptimizerConfig, AdaHessianOptimizerConfig)
+CURVATURE_OPTIMIZER_CONFIGS: tuple[type[OptimizerConfig], ...] = (
+    *ESGD_RULE_CONFIGS.values(),
+    AdaHessianOptimizerConfig,
+)
 """The configs whose fields copy a curvature optimizer's constructor."""
 
 

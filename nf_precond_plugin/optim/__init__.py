@@ -2,6 +2,16 @@
 
 from nf_precond_plugin.optim.adahessian import AdaHessian, adahessian
 from nf_precond_plugin.optim.base import CurvatureOptimizer
-from nf_precond_plugin.optim.esgd import ESGD, esgd
+from nf_precond_plugin.optim.esgd import ESGD, ESGDMax, PaperESGD, clipped_esgd, esgd_max, paper_esgd
 
-__all__ = ["ESGD", "AdaHessian", "CurvatureOptimizer", "adahessian", "esgd"]
+__all__ = [
+    "ESGD",
+    "AdaHessian",
+    "CurvatureOptimizer",
+    "ESGDMax",
+    "PaperESGD",
+    "adahessian",
+    "clipped_esgd",
+    "esgd_max",
+    "paper_esgd",
+]

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from nf_precond_plugin.curvature import ema_debias, ema_foreach_
-from nf_precond_plugin.optim.base import CurvatureOptimizer, check_choice, validate_common
+from nf_precond_plugin.optim.base import PAPER_LR, CurvatureOptimizer, check_choice, validate_common
 
 ESTIMATOR_CHOICES = ("equilibration", "jacobi")
 
@@ -68,7 +68,7 @@ class AdaHessian(CurvatureOptimizer):
 
     Args:
         params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate (the paper's 0.15 for smooth activations).
+        lr: learning rate (the paper's for smooth activations).
         betas: (β₁, β₂), the coefficients of the gradient EMA and of the curvature EMA.
         eps: added to the preconditioner before dividing.
         weight_decay: L2 penalty added to the preconditioned step, as AdaHessian's reference code.
@@ -89,7 +89,7 @@ class AdaHessian(CurvatureOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.15,
+        lr: float = PAPER_LR,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-4,
         weight_decay: float = 0.0,

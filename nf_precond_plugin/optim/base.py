@@ -4,19 +4,10 @@ One ``step()`` is: on curvature steps, draw one Rademacher probe v over *all* pa
 gradient (so that H is the full Hessian, not a block of it); take h = H v by double backward; turn
 (v, h) into a per-parameter sample s with the optimizer's estimator (s = h² for equilibration,
 s = v ⊙ h for Jacobi); then hand gradients, samples and per-parameter state to the subclass's pure
-kernel. The training-loop contract (``nf_precond_plugin.training.step`` implements it)::
-
-    opt.zero_grad(set_to_none=True)
-    loss.backward(create_graph=opt.should_create_graph())
-    opt.step()
-
-Gradient accumulation over K micro-batches folds each micro-batch's H·v into the step's sum, for
-the step's one probe (``curvature.HvpSum``), and frees its graph before the next is built::
-
-    opt.zero_grad(set_to_none=True)
-    for x, y in micro_batches:
-        opt.accumulate(loss_fn(model(x), y) / K)   # or: backward yourself, then opt.accumulate()
-    opt.step()
+kernel. Such an optimizer satisfies ``nf_precond_plugin.training.step.CurvatureStepper``, the
+contract ``training_step`` (the one caller of backward) drives: backward builds a graph exactly when
+``should_create_graph()``, and with K micro-batches each one's H·v is folded into the step's sum
+for the step's one probe by ``accumulate()`` (``curvature.HvpSum``), which frees its graph.
 
 Data parallelism: when torch.distributed is initialised, ``step()`` averages gradients (every
 step) and H·v (on curvature steps) over ``process_group`` (default: the world), in buckets of one
@@ -56,6 +47,8 @@ STEP_COUNT = "step_count"
 """Param-group key: optimizer steps taken so far (0-based index of the coming step)."""
 LAST_HVP_STEP = "last_hvp_step"
 """Param-group key: the step index of the group's latest Hessian-vector product, or None."""
+PAPER_LR = 0.15
+"""The paper's learning rate (§5) for ESGD and AdaHessian on smooth fields."""
 PROBE_GENERATOR = "probe_generator"
 """``state_dict()`` key: the probe generator's seed and state, so a resumed run draws the probes it
 would have drawn (on any number of processes: the state is the same on every rank)."""
@@ -172,21 +165,15 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
 
     @torch.no_grad()
-    def accumulate(self, loss: torch.Tensor | None = None) -> None:
-        """Fold one micro-batch into the coming ``step()``.
+    def accumulate(self) -> None:
+        """Fold the micro-batch whose backward just ran into the coming ``step()``.
 
-        With ``loss``, first runs ``loss.backward(create_graph=self.should_create_graph())`` into this
-        optimizer's parameters; without, the caller has just run that backward (for several
-        optimizers at once, say). Gradients add up in ``p.grad`` as with plain backward; on a
-        curvature step this micro-batch's H·v, for the step's one probe, is added to the step's
-        sum and its graph is freed. Divide each micro-batch's loss by the number of micro-batches
-        for the step to see their mean, as a full batch would.
+        Gradients add up in ``p.grad`` as with plain backward; on a curvature step this
+        micro-batch's H·v, for the step's one probe, is added to the step's sum and its graph is
+        freed. Divide each micro-batch's loss by the number of micro-batches for the step to see
+        their mean, as a full batch would.
         """
         due = self.should_create_graph()
-        if loss is not None:
-            params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
-            with torch.enable_grad():
-                loss.backward(create_graph=due, inputs=params)
         if not due:
             return
         params = self._params_with_grad()

@@ -1,12 +1,12 @@
 """ESGD: SGD with momentum, preconditioned by the equilibration matrix D^E = diag(‖H_i,:‖).
 
 With h = H v for a Rademacher v, E[h²] = diag(H²), so √(accumulated h²) estimates D^E.
-t counts steps (from 1), n counts curvature samples, g is the gradient.
+t counts steps (from 1), n counts curvature samples, g is the gradient. Three rules, one class each:
 
-rule="clipped" (the default): an explicit schedule and a bounded step.
+``ESGD``, the project's rule: an explicit schedule and a bounded step.
     m ← β₁ m + (1 − β₁) g                      every step
     D ← β₂ D + (1 − β₂) h²                     on curvature steps (β₂ per sample), D̂ = D / (1 − β₂ⁿ)
-    lr_t = lr / (1 + (t − 1) / T)              inverse-time decay (T = lr_decay_steps; None: constant)
+    lr_t = lr / (1 + (t − 1) / T)              inverse-time decay (T = lr_decay_steps; 0: constant)
     u = clip(m̂ / (√D̂ + ε), −ρ, ρ)             m̂ = m / (1 − β₁ᵗ); Sophia's per-coordinate clip
     where a tensor's latest H·v has ≥ ``sparse_threshold`` exact zeros (ReLU fields):
     u = ρ · clip(m̂ / (√v̂ + 1e-8), −1, 1)     v̂ Adam's debiased EMA of g² (β = 0.999)
@@ -14,13 +14,13 @@ rule="clipped" (the default): an explicit schedule and a bounded step.
 Every step is bounded by lr_t·ρ per coordinate. The debiasing counts samples, not steps, and the
 per-sample β₂ is short, so D follows the curvature instead of freezing at its warm-up values.
 
-rule="paper" (the paper's ESGD, ``variant="ema"``):
+``PaperESGD``, the paper's ESGD:
     m ← β₁ m + (1 − β₁) g                      every step
     D ← β₂ D + (1 − β₂) h²                     on curvature steps
     denom = √(D / (1 − β₂^c)) + ε,  c = t ("paper", as the paper's code) or n ("hvp")
     θ ← θ (1 − lr·wd);  θ ← θ − lr · (m / (1 − β₁^t)) / denom
 
-rule="paper", variant="max" (ESGD-max, an Adamax-like infinity-norm accumulator):
+``ESGDMax``, the paper's ESGD-max (an Adamax-like infinity-norm accumulator):
     D ← max(β₂ D, h²)                          on curvature steps
     m ← β₁ m + (1 − β₁) g;  m̃ = β₁ m + (1 − β₁) g          (Nesterov)
     s = lr · (1 − 0.99ⁿ)                                     (warm-up with the sample count)
@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from nf_precond_plugin.curvature import (
-    SPARSE_CURVATURE,
+    SPARSE_TENSOR,
     clip_foreach_,
     decayed_max_foreach_,
     ema_debias,
@@ -44,24 +44,12 @@ from nf_precond_plugin.curvature import (
     inverse_time_lr,
     zero_fraction,
 )
-from nf_precond_plugin.optim.base import CurvatureOptimizer, check_choice, validate_common
+from nf_precond_plugin.optim.base import PAPER_LR, CurvatureOptimizer, check_choice, validate_common
 
 _MAX_LR_WARMUP_BASE = 0.99
 _FALLBACK_BETA = 0.999  # Adam's β₂ for the second moment of sparse-curvature tensors
 _FALLBACK_EPS = 1e-8
-RULES = ("clipped", "paper")
-VARIANTS = ("ema", "max")
 BIAS_CORRECTIONS = ("paper", "hvp")
-
-RULE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Found with the league (benchmarks/league.py; README): lion 256², 5 × 256 fields.
-    "clipped": dict(lr=1.0, betas=(0.9, 0.9), eps=1e-4, update_d_every=20, d_warmup=50, clip=3e-3, lr_decay_steps=128),
-    # The paper's ESGD (§5): lr 0.15, β₂ = 0.999, H·v on steps 0–49 then every 100.
-    "paper": dict(
-        lr=0.15, betas=(0.9, 0.999), eps=1e-4, update_d_every=100, d_warmup=50, clip=None, lr_decay_steps=None
-    ),
-}
-"""The defaults of each rule: an argument left at None takes its rule's value."""
 
 
 def clipped_esgd(
@@ -85,7 +73,7 @@ def clipped_esgd(
     lr_decay_steps: int | None,
     sparse_threshold: float,
 ) -> None:
-    """The clipped ESGD update (rule="clipped"), in place; ``samples`` are h² on curvature steps."""
+    """The project's ESGD update, in place; ``samples`` are h² on curvature steps, else None."""
     if not params:
         return
     if samples is not None:
@@ -141,138 +129,124 @@ def paper_esgd(
     beta2: float,
     eps: float,
     weight_decay: float,
-    variant: str,
     bias_correction: str,
 ) -> None:
-    """The paper's ESGD update (rule="paper"), in place, in fused multi-tensor kernels. ``samples``
-    are h² on curvature steps, else None."""
+    """The paper's ESGD update, in place, in fused multi-tensor kernels. ``samples`` are h² on
+    curvature steps, else None."""
     if not params:
         return
-    if variant == "ema":
-        if samples is not None:
-            ema_foreach_(curvatures, samples, beta2)
-        ema_foreach_(exp_avgs, grads, beta1)
-        counts = [step] * len(params) if bias_correction == "paper" else hvp_counts
-        denoms = torch._foreach_div(curvatures, [ema_debias(beta2, c) for c in counts])
-        torch._foreach_sqrt_(denoms)
-        torch._foreach_add_(denoms, eps)
-        if weight_decay:
-            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-lr / ema_debias(beta1, step))
-    else:
-        if samples is not None:
-            decayed_max_foreach_(curvatures, samples, beta2)
-        ema_foreach_(exp_avgs, grads, beta1)
-        nesterov = torch._foreach_mul(exp_avgs, beta1)
-        torch._foreach_add_(nesterov, grads, alpha=1.0 - beta1)
-        denoms = torch._foreach_sqrt(curvatures)
-        torch._foreach_add_(denoms, eps)
-        # the lr warm-up follows each parameter's own sample count n
-        scaled_lrs = [lr * (1.0 - _MAX_LR_WARMUP_BASE**n) for n in hvp_counts]
-        if weight_decay:
-            torch._foreach_mul_(params, [1.0 - s * weight_decay for s in scaled_lrs])
-        torch._foreach_div_(nesterov, denoms)
-        torch._foreach_mul_(nesterov, [-s / ema_debias(beta1, step + 1) for s in scaled_lrs])
-        torch._foreach_add_(params, nesterov)
+    if samples is not None:
+        ema_foreach_(curvatures, samples, beta2)
+    ema_foreach_(exp_avgs, grads, beta1)
+    counts = [step] * len(params) if bias_correction == "paper" else hvp_counts
+    denoms = torch._foreach_div(curvatures, [ema_debias(beta2, c) for c in counts])
+    torch._foreach_sqrt_(denoms)
+    torch._foreach_add_(denoms, eps)
+    if weight_decay:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-lr / ema_debias(beta1, step))
 
 
-def esgd(*args: Any, rule: str, **kwargs: Any) -> None:
-    """The ESGD kernel of ``rule``."""
-    (clipped_esgd if rule == "clipped" else paper_esgd)(*args, **kwargs)
+def esgd_max(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    curvatures: list[torch.Tensor],
+    samples: list[torch.Tensor] | None,
+    hvp_counts: list[int],
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """The paper's ESGD-max update, in place. ``samples`` are h² on curvature steps, else None."""
+    if not params:
+        return
+    if samples is not None:
+        decayed_max_foreach_(curvatures, samples, beta2)
+    ema_foreach_(exp_avgs, grads, beta1)
+    nesterov = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(nesterov, grads, alpha=1.0 - beta1)
+    denoms = torch._foreach_sqrt(curvatures)
+    torch._foreach_add_(denoms, eps)
+    # the lr warm-up follows each parameter's own sample count n
+    scaled_lrs = [lr * (1.0 - _MAX_LR_WARMUP_BASE**n) for n in hvp_counts]
+    if weight_decay:
+        torch._foreach_mul_(params, [1.0 - s * weight_decay for s in scaled_lrs])
+    torch._foreach_div_(nesterov, denoms)
+    torch._foreach_mul_(nesterov, [-s / ema_debias(beta1, step + 1) for s in scaled_lrs])
+    torch._foreach_add_(params, nesterov)
 
 
-class ESGD(CurvatureOptimizer):
-    """ESGD (Dauphin et al., 2015): momentum SGD divided by the equilibration preconditioner.
-
-    An argument left at None takes the value of its ``rule`` (``RULE_DEFAULTS``).
-
-    Args:
+_COMMON_ARGS = """
         params: iterable of parameters or dicts defining parameter groups.
-        lr: learning rate (clipped: 1.0, the scale of ρ-bounded steps; paper: 0.15).
-        betas: (β₁, β₂), the coefficients of the gradient EMA and of the curvature EMA per H·v
-            sample (or decay of the running max); clipped: (0.9, 0.9), paper: (0.9, 0.999).
+        lr: learning rate.
+        betas: (β₁, β₂), the coefficients of the gradient EMA and of the curvature accumulator.
         eps: added to √D before dividing.
-        weight_decay: decoupled weight decay, θ ← θ (1 − lr_t·wd).
-        update_d_every: steps between Hessian-vector products after the warm-up (clipped: 20, paper: 100).
-        d_warmup: every one of the first ``d_warmup`` steps takes a Hessian-vector product (50).
-        rule: ``"clipped"`` (the project's ESGD) or ``"paper"`` (the paper's, bit for bit).
-        clip: ρ, the bound of every preconditioned step before the lr (clipped only; 3e-3).
-        lr_decay_steps: T of the inverse-time decay lr / (1 + (t − 1)/T) (clipped only; 128, one
-            epoch of the 256² image at batch 512); 0 or None with rule="paper" keeps lr constant.
-        sparse_threshold: a tensor whose latest H·v has at least this fraction of exact zeros
-            takes Adam's normalised step, scaled to ρ (clipped only).
-        variant: ``"ema"`` (ESGD) or ``"max"`` (ESGD-max; rule="paper" only).
-        bias_correction: debias the curvature EMA by all optimizer steps (``"paper"``, as the
-            paper's code) or by the number of Hessian-vector products taken (``"hvp"``); rule="paper" only.
+        weight_decay: decoupled weight decay, θ ← θ (1 − lr·wd).
+        update_d_every: steps between Hessian-vector products after the warm-up.
+        d_warmup: every one of the first ``d_warmup`` steps takes a Hessian-vector product.
         process_group: the torch.distributed group to average gradients and H·v over (default:
             the world, once initialised; nothing to average in a single process).
         probe_seed: seed of the optimizer's probe generator (default: drawn from torch's global
-            RNG at construction, then agreed with the first rank).
+            RNG at construction, then agreed with the first rank)."""
+
+
+class ESGD(CurvatureOptimizer):
+    """The project's ESGD: equilibration-preconditioned momentum with a bounded step, an explicit
+    inverse-time lr and Adam's normalised step on sparse-curvature tensors (module docstring).
+
+    Args:{common}
+        clip: ρ, the bound of every preconditioned step before the lr.
+        lr_decay_steps: T of the inverse-time decay lr / (1 + (t − 1)/T); 0 keeps lr constant.
+        sparse_threshold: a tensor whose latest H·v has at least this fraction of exact zeros
+            takes Adam's normalised step, scaled to ρ.
     """
 
     estimator = "equilibration"
-    kernel = staticmethod(esgd)
+    kernel = staticmethod(clipped_esgd)
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float | None = None,
-        betas: tuple[float, float] | None = None,
-        eps: float | None = None,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.9),
+        eps: float = 1e-4,
         weight_decay: float = 0.0,
-        update_d_every: int | None = None,
-        d_warmup: int | None = None,
-        rule: Literal["clipped", "paper"] = "clipped",
-        clip: float | None = None,
-        lr_decay_steps: int | None = None,
-        sparse_threshold: float = SPARSE_CURVATURE,
-        variant: Literal["ema", "max"] = "ema",
-        bias_correction: Literal["paper", "hvp"] = "paper",
+        update_d_every: int = 20,
+        d_warmup: int = 50,
+        clip: float = 3e-3,
+        lr_decay_steps: int = 128,
+        sparse_threshold: float = SPARSE_TENSOR,
         process_group: dist.ProcessGroup | None = None,
         probe_seed: int | None = None,
     ) -> None:
-        check_choice("rule", rule, RULES)
-        given = dict(
-            lr=lr, betas=betas, eps=eps, update_d_every=update_d_every, d_warmup=d_warmup,
-            clip=clip, lr_decay_steps=lr_decay_steps,
-        )  # fmt: skip
-        resolved = {k: RULE_DEFAULTS[rule][k] if v is None else v for k, v in given.items()}
-        validate_common(
-            resolved["lr"],
-            resolved["betas"],
-            resolved["eps"],
-            weight_decay,
-            resolved["update_d_every"],
-            resolved["d_warmup"],
-        )
-        check_choice("variant", variant, VARIANTS)
-        check_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
-        if rule == "clipped":
-            if not (resolved["clip"] > 0):
-                raise ValueError(f"Invalid clip: {resolved['clip']} (expected clip > 0)")
-            decay = resolved["lr_decay_steps"]
-            if isinstance(decay, bool) or not (isinstance(decay, int) and decay >= 0):
-                raise ValueError(f"Invalid lr_decay_steps: {decay!r} (expected an integer >= 0; 0 keeps lr constant)")
-            if not 0.0 < sparse_threshold <= 1.0:
-                raise ValueError(f"Invalid sparse_threshold: {sparse_threshold} (expected 0 < threshold <= 1)")
-            if variant != "ema" or bias_correction != "paper":
-                raise ValueError("variant and bias_correction belong to rule='paper'; the clipped rule has neither")
-        elif clip is not None or lr_decay_steps is not None:
-            raise ValueError("clip and lr_decay_steps belong to rule='clipped'; the paper's rule has neither")
+        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
+        if not (clip > 0):
+            raise ValueError(f"Invalid clip: {clip} (expected clip > 0)")
+        if isinstance(lr_decay_steps, bool) or not (isinstance(lr_decay_steps, int) and lr_decay_steps >= 0):
+            raise ValueError(
+                f"Invalid lr_decay_steps: {lr_decay_steps!r} (expected an integer >= 0; 0 keeps lr constant)"
+            )
+        if not 0.0 < sparse_threshold <= 1.0:
+            raise ValueError(f"Invalid sparse_threshold: {sparse_threshold} (expected 0 < threshold <= 1)")
         defaults = dict(
-            resolved,
-            betas=tuple(resolved["betas"]),
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
             weight_decay=weight_decay,
-            rule=rule,
+            update_d_every=update_d_every,
+            d_warmup=d_warmup,
+            clip=clip,
+            lr_decay_steps=lr_decay_steps,
             sparse_threshold=sparse_threshold,
-            variant=variant,
-            bias_correction=bias_correction,
         )
         super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
 
     def _extra_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        if group["rule"] != "clipped":
-            return {}
         return {
             "exp_avg_sq": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
             "zero_fraction": lambda p: torch.zeros((), dtype=torch.float32, device=p.device),
@@ -280,13 +254,88 @@ class ESGD(CurvatureOptimizer):
         }
 
     def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        options = {**super()._kernel_options(group), "rule": group["rule"]}
-        if group["rule"] == "clipped":
-            decay = group["lr_decay_steps"]
-            return {
-                **options,
-                "clip": group["clip"],
-                "lr_decay_steps": decay or None,
-                "sparse_threshold": group["sparse_threshold"],
-            }
-        return {**options, "variant": group["variant"], "bias_correction": group["bias_correction"]}
+        return {
+            **super()._kernel_options(group),
+            "clip": group["clip"],
+            "lr_decay_steps": group["lr_decay_steps"] or None,
+            "sparse_threshold": group["sparse_threshold"],
+        }
+
+
+class PaperESGD(CurvatureOptimizer):
+    """ESGD as the paper runs it (§5: lr 0.15, β₂ = 0.999, H·v on steps 0–49 then every 100).
+
+    Args:{common}
+        bias_correction: debias the curvature EMA by all optimizer steps (``"paper"``, as the
+            paper's code) or by the number of Hessian-vector products taken (``"hvp"``).
+    """
+
+    estimator = "equilibration"
+    kernel = staticmethod(paper_esgd)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = PAPER_LR,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        update_d_every: int = 100,
+        d_warmup: int = 50,
+        bias_correction: Literal["paper", "hvp"] = "paper",
+        process_group: dist.ProcessGroup | None = None,
+        probe_seed: int | None = None,
+    ) -> None:
+        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
+        check_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            update_d_every=update_d_every,
+            d_warmup=d_warmup,
+            bias_correction=bias_correction,
+        )
+        super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
+
+    def _kernel_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._kernel_options(group), "bias_correction": group["bias_correction"]}
+
+
+class ESGDMax(CurvatureOptimizer):
+    """The paper's ESGD-max: a decayed running max of (Hv)², Nesterov momentum and an lr warm-up
+    over the curvature samples (module docstring).
+
+    Args:{common}
+    """
+
+    estimator = "equilibration"
+    kernel = staticmethod(esgd_max)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = PAPER_LR,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        update_d_every: int = 100,
+        d_warmup: int = 50,
+        process_group: dist.ProcessGroup | None = None,
+        probe_seed: int | None = None,
+    ) -> None:
+        validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            update_d_every=update_d_every,
+            d_warmup=d_warmup,
+        )
+        super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
+
+
+for _rule in (ESGD, PaperESGD, ESGDMax):
+    _rule.__doc__ = _rule.__doc__.format(common=_COMMON_ARGS)

@@ -22,6 +22,8 @@ import torch
 from pytorch_optimizer import SophiaH
 from torch import nn
 
+from nf_precond_plugin.curvature import release_graph
+
 
 def hidden_weight_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The weights of every ``nn.Linear`` but the first and the last (in module order)."""
@@ -72,7 +74,7 @@ class MuonAdam(torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        lr: float = 0.02,
+        lr: float = 0.005,
         adam_lr: float = 1e-3,
         momentum: float = 0.95,
         weight_decay: float = 0.0,
@@ -132,7 +134,4 @@ class SophiaHContract(SophiaH):
         try:
             return super().step(closure)
         finally:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None and p.grad.grad_fn is not None:
-                        p.grad = p.grad.detach()  # release the param↔grad graph
+            release_graph([p for group in self.param_groups for p in group["params"]])

@@ -1,4 +1,5 @@
-"""The one training-step contract every loop of the project uses (runner, NeRF trainer, diagnostics).
+"""The one training-step contract every loop of the project uses (runner, NeRF trainer, advisor,
+diagnostics, benchmarks), and its one implementation, ``training_step``, the only caller of backward:
 
     optimizer.zero_grad(set_to_none=True)
     loss = compute_loss()
@@ -8,6 +9,10 @@
 A curvature optimizer differentiates the gradient again on its H·v steps, so backward must keep
 the gradient's graph exactly then (``should_create_graph()``), and only then: a graph on every step
 would cost memory and time for nothing. Optimizers without that method never need one.
+
+What the loop needs from an optimizer is stated by two protocols: ``GraphOnDemand`` (it says when
+backward must build a graph) and ``CurvatureStepper`` (it also averages its own gradients across
+processes and folds micro-batches' H·v in); any other ``torch.optim.Optimizer`` is a plain one.
 
 Across processes (torch.distributed initialised), an optimizer that ``reduces_gradients`` itself
 (the curvature optimizers: they must take H·v from the local graph first) averages in its
@@ -28,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -46,9 +51,30 @@ class NonFiniteLossError(FloatingPointError):
         self.value = value
 
 
+@runtime_checkable
+class GraphOnDemand(Protocol):
+    """An optimizer whose coming ``step()`` may differentiate the gradient again."""
+
+    def should_create_graph(self) -> bool:
+        """Whether backward must keep the gradient's graph for the coming ``step()``."""
+        ...
+
+
+@runtime_checkable
+class CurvatureStepper(GraphOnDemand, Protocol):
+    """A curvature optimizer (``nf_precond_plugin.optim.base.CurvatureOptimizer``): it takes H·v from
+    the local graph, so it averages gradients and H·v over the process group in its own ``step()``,
+    and it folds each micro-batch's H·v into the step with ``accumulate()`` right after that
+    micro-batch's backward."""
+
+    reduces_gradients: ClassVar[bool]
+
+    def accumulate(self) -> None: ...
+
+
 def needs_create_graph(*optimizers: torch.optim.Optimizer) -> bool:
     """Whether backward must build a graph for the coming ``step()`` of any of ``optimizers``."""
-    return any(getattr(opt, "should_create_graph", lambda: False)() for opt in optimizers)
+    return any(isinstance(opt, GraphOnDemand) and opt.should_create_graph() for opt in optimizers)
 
 
 def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -57,7 +83,7 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def reduces_own_gradients(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` averages gradients over the process group itself."""
-    return bool(getattr(optimizer, "reduces_gradients", False))
+    return isinstance(optimizer, CurvatureStepper) and optimizer.reduces_gradients
 
 
 def average_gradients(optimizers: Sequence[torch.optim.Optimizer]) -> int:

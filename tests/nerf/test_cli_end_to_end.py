@@ -8,6 +8,7 @@ clear margin, and ns-eval's PSNR agrees with the PSNR of ns-render's PNGs agains
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -21,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from tiny_nerf import TINY_MODEL
+
+from nf_precond_plugin.optim.esgd import PaperESGD
 
 METHODS = (
     "gaussian-esgd",
@@ -75,7 +78,25 @@ def cli_runs(start_command, tiny_scene: Path, tmp_path_factory: pytest.TempPathF
             ],
             "accumulation",
         ),  # fmt: skip
+        "paper_rule": start_command(
+            [
+                *refused,
+                *TINY_MODEL,
+                "--optimizers.fields.optimizer.rule",
+                "paper",
+                "--max-num-iterations",
+                "2",
+                "--steps-per-save",
+                "2",
+                "--output-dir",
+                outputs / "paper_rule",
+                "--data",
+                tiny_scene,
+            ],
+            "paper_rule",
+        ),  # fmt: skip
     }
+    runs["paper_rule"].output_dir = outputs / "paper_rule"
     runs["accumulation"].output_dir = outputs / "accumulation"
     runs["several_cpu_devices"].output_dir = outputs / "devices"
     return runs
@@ -226,6 +247,18 @@ def test_gradient_accumulation_is_accepted_on_the_command_line(cli_runs: dict[st
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     group = state["optimizers"]["fields"]["param_groups"][0]
     assert group["step_count"] == 2  # 4 iterations of 2 micro-batches each: two updates
+
+
+def test_the_paper_rule_chosen_on_the_command_line_trains_with_the_papers_defaults(cli_runs: dict[str, Any]):
+    run = cli_runs["paper_rule"].result()
+    assert run.returncode == 0, run.describe()
+    assert "Traceback" not in run.output and not error_lines(run.output), run.describe()
+    (checkpoint,) = sorted(cli_runs["paper_rule"].output_dir.rglob("step-*.ckpt"))
+    group = torch.load(checkpoint, map_location="cpu", weights_only=True)["optimizers"]["fields"]["param_groups"][0]
+    assert "clip" not in group and group["bias_correction"] == "paper"  # the paper's rule, not the clipped one
+    assert tuple(group["betas"]) == inspect.signature(PaperESGD).parameters["betas"].default
+    (saved,) = cli_runs["paper_rule"].output_dir.rglob("config.yml")
+    assert "PaperESGDOptimizerConfig" in saved.read_text()  # the saved config shows what ran
 
 
 def test_ns_render_test_views_resemble_ground_truth(checkpoint_runs: dict[str, Any], tiny_scene: Path):

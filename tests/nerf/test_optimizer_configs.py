@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +14,19 @@ pytest.importorskip("nerfstudio")
 from nerfstudio.engine.optimizers import OptimizerConfig  # noqa: E402
 
 from nf_precond_plugin.nerf import methods  # noqa: E402
-from nf_precond_plugin.nerf.optimizers import CURVATURE_OPTIMIZER_CONFIGS, ESGDOptimizerConfig  # noqa: E402
+from nf_precond_plugin.nerf.optimizers import (  # noqa: E402
+    CURVATURE_OPTIMIZER_CONFIGS,
+    ESGD_RULE_CONFIGS,
+    ESGDOptimizerConfig,
+    PaperESGDOptimizerConfig,
+    with_chosen_rule,
+)
 from nf_precond_plugin.optim.base import CurvatureOptimizer  # noqa: E402
-from nf_precond_plugin.optim.esgd import RULE_DEFAULTS  # noqa: E402
 
 # Fields of nerfstudio's OptimizerConfig that are not constructor arguments: the class to build,
-# and max_norm, which nerfstudio pops before building and applies as gradient clipping.
-NOT_CONSTRUCTOR_ARGUMENTS = {"_target", "max_norm"}
+# and max_norm, which nerfstudio pops before building and applies as gradient clipping; the ESGD
+# configs' ``rule``, which picks the class.
+NOT_CONSTRUCTOR_ARGUMENTS = {"_target", "max_norm", "rule"}
 # Constructor arguments that are not settings: the process group is a live object, and the
 # default (every device of the run) is the one the trainer needs.
 NOT_CONFIG_FIELDS = {"params", "process_group"}
@@ -33,13 +40,9 @@ def test_every_config_field_is_a_constructor_parameter_with_the_same_default(con
     config = config_type()
     own_fields = {f.name for f in dataclasses.fields(config_type)} - NOT_CONSTRUCTOR_ARGUMENTS
     assert own_fields, config_type
-    resolved = RULE_DEFAULTS[config.rule] if config_type is ESGDOptimizerConfig else {}
     for name in own_fields:
         assert name in parameters, f"{config_type.__name__}.{name} is not an argument of {target.__name__}"
-        default = parameters[name].default
-        if default is None and resolved.get(name) is not None:
-            default = resolved[name]  # a None default means the rule's; the config resolves it eagerly
-        assert getattr(config, name) == default, f"{config_type.__name__}.{name}"
+        assert getattr(config, name) == parameters[name].default, f"{config_type.__name__}.{name}"
     # ... and every constructor argument but params is reachable from the command line
     assert set(parameters) - NOT_CONFIG_FIELDS == own_fields
     # nerfstudio builds the optimizer exactly like this: the config's fields as keyword arguments
@@ -49,8 +52,27 @@ def test_every_config_field_is_a_constructor_parameter_with_the_same_default(con
 
 def test_the_base_config_fields_are_the_ones_excluded():
     assert {f.name for f in dataclasses.fields(OptimizerConfig)} - {"lr", "eps", "weight_decay"} == (
-        NOT_CONSTRUCTOR_ARGUMENTS
+        NOT_CONSTRUCTOR_ARGUMENTS - {"rule"}
     )
+
+
+@pytest.mark.parametrize("rule", list(ESGD_RULE_CONFIGS))
+def test_each_esgd_config_names_its_own_rule(rule):
+    config = ESGD_RULE_CONFIGS[rule]()
+    assert config.rule == rule and with_chosen_rule(config) is config
+
+
+def test_switching_rule_keeps_what_was_set_and_takes_the_other_rules_defaults():
+    """gaussian-esgd with --optimizers.fields.optimizer.rule paper: the paper's defaults, the user's d_warmup."""
+    clipped = ESGDOptimizerConfig(clip=1e-3, lr_decay_steps=0, d_warmup=7)
+    clipped.rule = "paper"  # as tyro sets it from the command line, after the method built the config
+    paper = with_chosen_rule(clipped)
+    assert type(paper) is PaperESGDOptimizerConfig
+    expected = {**dataclasses.asdict(PaperESGDOptimizerConfig()), "d_warmup": 7}
+    assert dataclasses.asdict(paper) == expected
+    back = PaperESGDOptimizerConfig(lr=0.2)
+    back.rule = "clipped"
+    assert dataclasses.asdict(with_chosen_rule(back)) == {**dataclasses.asdict(ESGDOptimizerConfig()), "lr": 0.2}
 
 
 def test_methods_override_only_what_they_tune():
@@ -64,8 +86,23 @@ def test_methods_override_only_what_they_tune():
     }
     for name, allowed in tuned.items():
         optimizer = getattr(methods, name.replace("-", "_")).config.optimizers["fields"]["optimizer"]
-        fresh = type(optimizer)(**({"rule": optimizer.rule} if hasattr(optimizer, "rule") else {}))
+        fresh = type(optimizer)()
         changed = {
             f.name for f in dataclasses.fields(optimizer) if getattr(optimizer, f.name) != getattr(fresh, f.name)
         }
         assert changed <= allowed, (name, changed)
+
+
+def test_the_readme_method_table_is_the_one_generated_from_the_configs():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert methods.method_table() in readme
+
+
+def test_every_registered_method_is_in_the_table():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    registered = pyproject["project"]["entry-points"]["nerfstudio.method_configs"]
+    assert set(registered) == set(methods.METHODS)
+    for name, target in registered.items():
+        assert getattr(methods, target.split(":")[1]) is methods.METHODS[name]
