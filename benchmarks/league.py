@@ -102,7 +102,9 @@ def train(
     model = task.build_model()
     model.load_state_dict(initial)
     overrides = getattr(task, "optimizer_overrides", lambda _name: {})(optimizer)
-    run = OptimizerRun(optimizer, model, build_optimizer(optimizer, model, lr, **overrides), scratch / "unused.pt")
+    steps_per_epoch = task.samples_per_epoch // league.batch_size
+    built = build_optimizer(optimizer, model, lr, steps_per_epoch=steps_per_epoch, **overrides)
+    run = OptimizerRun(optimizer, model, built, scratch / "unused.pt")
     settings = RunSettings([optimizer], {optimizer: lr}, epochs, league.batch_size, seed=seed, progress=False)
     torch.manual_seed(seed)
     curve, seconds, diverged = [], [], None

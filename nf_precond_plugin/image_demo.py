@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.optim.factory import default_lr
+from nf_precond_plugin.presets import IMAGE_SIZE
 from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
 from nf_precond_plugin.training import RunSettings, run_task
 
@@ -24,9 +25,9 @@ class ImageDemoConfig:
     """Fit the embedded image with the clipped ESGD and a tuned Adam, side by side."""
 
     epochs: int = 8
-    """Epochs of 128 minibatches of 512 pixels each (about 10 s per epoch for both on 2 cores)."""
-    size: int = 256
-    """Side of the square target (the paper: 256)."""
+    """Epochs: every pixel once, in minibatches of the paper's 512."""
+    size: int = IMAGE_SIZE
+    """Side of the square target (the paper's)."""
     seed: int = 0
     output_dir: Path = Path("outputs/demo")
     """The run gets a new directory under this one."""
@@ -58,7 +59,8 @@ def run_image_demo(config: ImageDemoConfig) -> dict:
         for row in csv.DictReader(handle):
             rows.setdefault(int(row["epoch"]), {})[row["optimizer"]] = float(row["psnr"])
     console = Console(stderr=True)
-    table = Table(title=f"PSNR (dB) on {task.describe()['source']}, Gaussian 5 × 256, same init and batches")
+    field = f"{image.num_layers} × {image.hidden_features}"
+    table = Table(title=f"PSNR (dB) on {task.describe()['source']}, Gaussian {field}, same init and batches")
     table.add_column("epoch", justify="right")
     for name in CONTENDERS:
         table.add_column(f"{name} (lr {rates[name]:g})", justify="right")

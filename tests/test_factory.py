@@ -244,3 +244,23 @@ def test_shampoo_is_pytorch_optimizer_shampoo_and_moves_every_parameter():
     _step(model, opt, x, y)
     for p, b in zip(model.parameters(), before):
         assert not torch.equal(p, b)
+
+
+def test_the_decay_span_of_esgd_is_one_epoch_of_the_run():
+    """T counts steps but means one epoch: build_optimizer sets it from the run's steps per epoch."""
+    model = nn.Linear(2, 1)
+    assert build_optimizer("esgd", model, 1.0, steps_per_epoch=32).param_groups[0]["lr_decay_steps"] == 32
+    assert (
+        build_optimizer("esgd", model, 1.0, steps_per_epoch=32, lr_decay_steps=0).param_groups[0]["lr_decay_steps"] == 0
+    )  # an explicit argument wins
+    assert "lr_decay_steps" not in build_optimizer("esgd-paper", model, 0.1, steps_per_epoch=32).param_groups[0]
+
+
+def test_the_image_runner_decays_esgd_over_one_epoch_of_its_image(tmp_path):
+    from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
+    from nf_precond_plugin.training.runner import RunSettings, build_run
+
+    task = ImageTask(ImageConfig(size=24, hidden_features=8, num_layers=2))
+    settings = RunSettings(["esgd"], {"esgd": 1.0}, epochs=1, batch_size=96)
+    run = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path)
+    assert run.optimizer.param_groups[0]["lr_decay_steps"] == 24 * 24 // 96

@@ -201,7 +201,9 @@ class ESGD(CurvatureOptimizer):
 
     Args:{common}
         clip: ρ, the bound of every preconditioned step before the lr.
-        lr_decay_steps: T of the inverse-time decay lr / (1 + (t − 1)/T); 0 keeps lr constant.
+        lr_decay_steps: T of the inverse-time decay lr / (1 + (t − 1)/T); 0 keeps lr constant. The
+            default is one epoch of the paper's 256² image at batch 512; ``build_optimizer`` (and so
+            every standalone run) sets it to one epoch of the run's own task.
         sparse_threshold: a tensor whose latest H·v has at least this fraction of exact zeros
             takes Adam's normalised step, scaled to ρ.
     """

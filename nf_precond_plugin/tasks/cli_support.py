@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +60,74 @@ def split_names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
     return names
 
 
+def _literal(text: str) -> Any:
+    """A Python literal (1e-3, 0.8,0.95, True, None), or the bare text (a choice such as hvp)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` converted to the type of the constructor's ``default``, or UserInputError."""
+    kind = type(default)
+    if default is None or default is inspect.Parameter.empty:
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is tuple:
+        if isinstance(value, (tuple, list)) and len(value) == len(default):
+            return tuple(_typed(item, item_default, where) for item, item_default in zip(value, default))
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    shown = f"{len(default)} comma-separated values" if kind is tuple else f"a {kind.__name__}"
+    raise UserInputError(f"{where}: expected {shown} like the default {default!r}, got {value!r}")
+
+
+def parse_optimizer_args(texts: tuple[str, ...] | list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    """``--optimizer-arg [OPTIMIZER:]NAME=VALUE …`` as constructor arguments per optimizer name,
+    each typed like its constructor default; one-line UserInputError for anything else."""
+    from nf_precond_plugin.optim.factory import NOT_OPTIMIZER_ARGS, optimizer_arguments
+
+    parsed: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for text in texts:
+        where = f"--optimizer-arg {text}"
+        target, _, assignment = text.rpartition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
+        key, equals, raw = assignment.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or not key:
+            raise UserInputError(f"{where}: expected [OPTIMIZER:]NAME=VALUE, e.g. clip=1e-3 or esgd:betas=0.8,0.95")
+        if target and target not in names:
+            raise UserInputError(f"{where}: {target} is not one of the optimizers of this run ({', '.join(names)})")
+        if key in NOT_OPTIMIZER_ARGS:
+            raise UserInputError(f"{where}: {key} is not an optimizer setting" + (" (use --lr)" if key == "lr" else ""))
+        for name in [target] if target else names:
+            accepted = optimizer_arguments(name)
+            if key not in accepted:
+                hint = (
+                    ""
+                    if target or len(names) == 1
+                    else f"; prefix it with the optimizer it is for, e.g. {names[-1]}:{key}=…"
+                )
+                raise UserInputError(
+                    f"{where}: {name} has no argument {key}; expected one of {', '.join(accepted) or '(none)'}{hint}"
+                )
+            parsed[name][key] = _typed(_literal(raw.strip()), accepted[key].default, where)
+    return parsed
+
+
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run ``main`` with the project's one error idiom; returns the exit status."""
 
@@ -66,6 +136,23 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None, pro
             main(sys.argv[1:] if argv is None else argv)
 
     return exit_code_of(guarded)
+
+
+def check_optimizers_build(
+    task: Any, names: list[str], rates: dict[str, float], optimizer_args: dict[str, dict[str, Any]]
+) -> None:
+    """Build every optimizer of the run once on the task's model, before anything is written, so
+    that an lr or argument its constructor refuses is one line naming the option."""
+    from nf_precond_plugin.optim.factory import build_optimizer
+
+    for name in names:
+        overrides = {**getattr(task, "optimizer_overrides", lambda _name: {})(name), **optimizer_args.get(name, {})}
+        try:
+            build_optimizer(name, task.build_model(), rates[name], **overrides)
+        except (ValueError, TypeError) as error:
+            given = " ".join(f"{key}={value!r}" for key, value in optimizer_args.get(name, {}).items())
+            option = f"--lr {rates[name]:g}" + (f" / --optimizer-arg {given}" if given else "")
+            raise UserInputError(f"{option}: {name} refuses it ({error})") from None
 
 
 def standalone_main(
@@ -88,7 +175,9 @@ def standalone_main(
     option = "--compare" if config.compare else "--optimizer"
     names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
+    optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
     task = task_factory(config)
+    check_optimizers_build(task, names, rates, optimizer_args)
     settings = RunSettings(
         optimizers=names,
         learning_rates=rates,
@@ -98,6 +187,7 @@ def standalone_main(
         seed=config.seed,
         output_dir=config.output_dir,
         resume=config.resume,
+        optimizer_args=optimizer_args,
         config=dataclasses.asdict(config),
         device=str(training_device(config.device)),
     )

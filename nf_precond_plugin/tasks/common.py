@@ -22,6 +22,9 @@ class FitConfig:
     (overrides --optimizer)."""
     lr: float | None = None
     """Learning rate; default: each optimizer's default for the activation (the paper's where it gives one)."""
+    optimizer_arg: tuple[str, ...] = ()
+    """Constructor arguments, as [OPTIMIZER:]NAME=VALUE (Python literals), e.g. clip=1e-3 or
+    esgd:betas=0.8,0.95; without OPTIMIZER:, for every optimizer run. See each optimizer's signature."""
     epochs: int = 200
     batch_size: int = IMAGE_BATCH
     """Samples per minibatch."""

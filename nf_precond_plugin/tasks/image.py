@@ -35,6 +35,7 @@ class ImageTask:
         self.target, self.source = load_target_image(config.image, config.size)
         self.coords = pixel_coordinates(config.size, config.size)
         self.colors = self.target.reshape(-1, 3)
+        self.samples_per_epoch = self.coords.shape[0]  # every pixel once
 
     def build_model(self) -> torch.nn.Module:
         return build_field(self.config, 2, 3)

@@ -47,6 +47,7 @@ class OccupancyTask:
         from nf_precond_plugin.data import meshes
 
         self.config = config
+        self.samples_per_epoch = config.points_per_epoch  # fresh points every epoch
         self.mesh, self.source = meshes.load_mesh(config.mesh)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

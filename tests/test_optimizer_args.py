@@ -1,0 +1,83 @@
+"""--optimizer-arg on the standalone CLIs: typed from the constructor's signature, one line otherwise."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from test_image_task import SMALL, image_cli, only_run_dir
+
+from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.optim import ESGD, PaperESGD
+from nf_precond_plugin.optim.factory import OPTIMIZERS, optimizer_arguments
+from nf_precond_plugin.tasks.cli_support import parse_optimizer_args
+
+
+def test_values_take_the_type_of_the_constructor_default():
+    parsed = parse_optimizer_args(
+        ["clip=1e-3", "betas=0.8,0.95", "lr_decay_steps=0", "update-d-every=5", "probe_seed=7"], ["esgd"]
+    )
+    assert parsed == {
+        "esgd": {"clip": 1e-3, "betas": (0.8, 0.95), "lr_decay_steps": 0, "update_d_every": 5, "probe_seed": 7}
+    }
+    assert isinstance(parse_optimizer_args(["clip=1"], ["esgd"])["esgd"]["clip"], float)  # 1 → 1.0
+    assert parse_optimizer_args(["esgd-paper:bias_correction=hvp"], ["esgd-paper", "adam"]) == {
+        "esgd-paper": {"bias_correction": "hvp"},
+        "adam": {},
+    }
+    assert parse_optimizer_args(["amsgrad=True"], ["adam"]) == {"adam": {"amsgrad": True}}
+
+
+@pytest.mark.parametrize(
+    "texts, names, fragment",
+    [
+        (["clip=abc"], ["esgd"], "expected a float like the default 0.003, got 'abc'"),
+        (["betas=0.9"], ["esgd"], "expected 2 comma-separated values"),
+        (["update_d_every=2.5"], ["esgd"], "expected a int like the default 20"),
+        (["clip=1e-3"], ["adam", "esgd"], "adam has no argument clip"),
+        (["sgd:momentum=0.5"], ["esgd"], "sgd is not one of the optimizers of this run"),
+        (["lr=3"], ["esgd"], "use --lr"),
+        (["clip"], ["esgd"], "expected [OPTIMIZER:]NAME=VALUE"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_the_flag(texts, names, fragment):
+    with pytest.raises(UserInputError) as caught:
+        parse_optimizer_args(texts, names)
+    message = str(caught.value)
+    assert message.startswith(f"--optimizer-arg {texts[0]}") and fragment in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_registry_optimizer_lists_its_settable_arguments_with_defaults(name):
+    arguments = optimizer_arguments(name)
+    assert "lr" not in arguments and "params" not in arguments and "model" not in arguments
+    assert all(p.default is not inspect.Parameter.empty for p in arguments.values()), name
+
+
+def test_the_rules_expose_only_their_own_arguments():
+    assert "clip" in optimizer_arguments("esgd") and "clip" not in optimizer_arguments("esgd-paper")
+    assert set(optimizer_arguments("esgd-paper")) == set(inspect.signature(PaperESGD).parameters) - {
+        "params",
+        "lr",
+        "process_group",
+    }
+
+
+def test_an_optimizer_arg_reaches_the_optimizer_of_the_run(tmp_path):
+    result = image_cli(
+        *SMALL, "--epochs", "1", "--optimizer-arg", "clip=0.01", "betas=0.8,0.95", "--output-dir", "out", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    checkpoint = only_run_dir(tmp_path / "out") / "checkpoints" / "esgd.pt"
+    group = torch.load(checkpoint, weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["clip"] == 0.01 and tuple(group["betas"]) == (0.8, 0.95)
+    assert inspect.signature(ESGD).parameters["clip"].default != 0.01  # not the default by chance
+
+
+def test_a_refused_value_stops_before_a_run_directory_exists(tmp_path):
+    result = image_cli(*SMALL, "--epochs", "1", "--optimizer-arg", "clip=-1", "--output-dir", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "clip" in lines[0] and "expected clip > 0" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
