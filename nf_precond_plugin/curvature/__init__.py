@@ -1,5 +1,6 @@
 """Curvature core in pure torch: probe → Hessian-vector product → estimator → accumulator → schedule,
-plus the reduction of gradients and H·v across processes and their sum over micro-batches.
+plus H·v samples for measurement (``measure``), the reduction of gradients and H·v across
+processes and their sum over micro-batches.
 
 Nothing here imports nerfstudio.
 """
@@ -19,6 +20,7 @@ from nf_precond_plugin.curvature.estimators import (
     jacobi_sample,
 )
 from nf_precond_plugin.curvature.hvp import MISSING_GRAPH_HINT, functional_hvp, hvp, release_graph
+from nf_precond_plugin.curvature.measure import HvpSamples, hvp_samples
 from nf_precond_plugin.curvature.probes import rademacher_like
 from nf_precond_plugin.curvature.reduction import (
     DEFAULT_BUCKET_BYTES,
@@ -28,7 +30,13 @@ from nf_precond_plugin.curvature.reduction import (
     fill_missing_grads_,
 )
 from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
-from nf_precond_plugin.curvature.sparsity import SPARSE_CURVATURE, zero_fraction
+from nf_precond_plugin.curvature.sparsity import (
+    SPARSE_CURVATURE,
+    SPARSE_FIELD,
+    SPARSE_TENSOR,
+    ZERO_TOLERANCE,
+    zero_fraction,
+)
 
 __all__ = [
     "DEFAULT_BUCKET_BYTES",
@@ -40,6 +48,11 @@ __all__ = [
     "fill_missing_grads_",
     "release_graph",
     "SPARSE_CURVATURE",
+    "SPARSE_FIELD",
+    "SPARSE_TENSOR",
+    "ZERO_TOLERANCE",
+    "HvpSamples",
+    "hvp_samples",
     "clip_foreach_",
     "inverse_time_lr",
     "zero_fraction",

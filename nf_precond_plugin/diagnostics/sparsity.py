@@ -1,7 +1,7 @@
 """Sparsity of Hessian-vector products during training (the paper's Fig. 4, Theorems 4.2/4.3).
 
 For a Rademacher probe v and h = H v, the sparsity of a layer is the fraction of its entries with
-    |h_i| ≤ τ · max_j |h_j|        (max over all parameters; τ = 0 counts exact zeros only).
+    |h_i| ≤ τ · max_j |h_j|        (max over all parameters; τ = 0, ``ZERO_TOLERANCE``, counts exact zeros only).
 Smooth activations (Gaussian, sine, wavelet) give dense h; ReLU(+PE) gives sparse h, because
 ReLU'' = 0 almost everywhere and dead units contribute nothing.
 """
@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from nf_precond_plugin.curvature import hvp, rademacher_like
+from nf_precond_plugin.curvature import ZERO_TOLERANCE, hvp_samples
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.fields import ActivationName
@@ -39,7 +39,7 @@ class SparsityConfig:
     """Training steps (minibatches of --batch-size pixels)."""
     measure_every: int = 25
     """Measure the HVP sparsity every this many steps (and at step 0)."""
-    tolerance: float = 0.0
+    tolerance: float = ZERO_TOLERANCE
     """Relative tolerance τ: |Hv_i| ≤ τ·max|Hv| counts as zero; 0 counts exact zeros."""
     batch_size: int = IMAGE_BATCH
     """Pixels per minibatch (the paper: 512)."""
@@ -55,12 +55,19 @@ class SparsityConfig:
     """Print one JSON object on stdout instead of a table."""
 
 
-def layer_sparsity(model: torch.nn.Module, products: list[torch.Tensor], tolerance: float) -> dict[str, float]:
-    """Fraction of (near-)zero entries of H v per linear layer (weight and bias together) and 'overall'."""
+def layer_sparsity(
+    model: torch.nn.Module, products: list[torch.Tensor], tolerance: float, names: list[str] | None = None
+) -> dict[str, float]:
+    """Fraction of (near-)zero entries of H v per linear layer (weight and bias together) and 'overall'.
+
+    ``products[i]`` belongs to the parameter named ``names[i]`` (default: all of ``model``'s, in order).
+    """
+    if names is None:
+        names = [name for name, _ in model.named_parameters()]
     threshold = tolerance * max(float(h.abs().max()) for h in products)
     zeros: dict[str, int] = {}
     sizes: dict[str, int] = {}
-    for (name, _), h in zip(model.named_parameters(), products):
+    for name, h in zip(names, products):
         layer = name.rsplit(".", 1)[0]
         zeros[layer] = zeros.get(layer, 0) + int((h.abs() <= threshold).sum())
         sizes[layer] = sizes.get(layer, 0) + h.numel()
@@ -72,11 +79,12 @@ def layer_sparsity(model: torch.nn.Module, products: list[torch.Tensor], toleran
 def measure_sparsity(
     model: torch.nn.Module, loss: torch.Tensor, tolerance: float, generator: torch.Generator | None = None
 ) -> dict[str, float]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    """The sparsity of H v at ``loss`` for one Rademacher probe, over the parameters the loss uses."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     # keep the graph: the training step that follows backpropagates through the same loss
-    products = hvp(grads, params, rademacher_like(params, generator), retain_graph=True)
-    return layer_sparsity(model, [h.detach() for h in products], tolerance)
+    samples = hvp_samples(lambda: loss, [p for _, p in named], generator=generator, retain_graph=True)
+    names = [named[i][0] for i in samples.indices]
+    return layer_sparsity(model, samples.products[0], tolerance, names)
 
 
 def run_sparsity(config: SparsityConfig, progress: bool = True) -> dict:

@@ -58,7 +58,7 @@ def _run(command: list[str]) -> None:
 
 
 def run_nerf_demo(config: NerfDemoConfig) -> dict:
-    from nf_precond_plugin.nerf.demo_scene import ensure_demo_scene
+    from nf_precond_plugin.data.demo_scene import ensure_demo_scene
 
     if config.iterations < 1:
         raise UserInputError(f"--iterations {config.iterations}: expected at least 1")

@@ -30,7 +30,7 @@ Conventions and equations, in the order applied (all cameras, before the split):
    the ray range is read as depth or as distance), float32 [[min xyz], [max xyz]].
 7. Split: view i is held out ("val" and "test") iff i % holdout_every == 0; the rest is "train".
 
-The default ``data`` is the embedded demo scene (see ``demo_scene.py``), generated on first use,
+The default ``data`` is the embedded demo scene (see ``data/demo_scene.py``), generated on first use,
 so ``ns-train <method> llff-data`` works without any download.
 """
 
@@ -47,8 +47,8 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from nf_precond_plugin.data.demo_scene import demo_scene_dir, ensure_demo_scene
 from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.nerf.demo_scene import demo_scene_dir, ensure_demo_scene
 
 LLFF_LAYOUT = "an LLFF scene needs poses_bounds.npy (N×17) and images_4/ or images_8/ with N images"
 """The hint every error message ends with."""

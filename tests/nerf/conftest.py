@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from tiny_nerf import TINY_MODEL
 
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene
+from nf_precond_plugin.data.demo_scene import generate_demo_scene
 
 BIN = Path(sys.executable).parent
 """The venv's bin folder, where ns-train, ns-eval, ns-render and ns-viewer are installed."""

@@ -7,8 +7,8 @@ import pytest
 pytest.importorskip("nerfstudio")
 
 from nf_precond_plugin.advisor import SPARSE_FIELD, AdviseCommand, AdviseNerf, run_advise  # noqa: E402
+from nf_precond_plugin.data.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.errors import UserInputError  # noqa: E402
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
 
 
 def test_a_gaussian_nerf_is_advised_esgd_with_a_command_to_run(tmp_path):

@@ -23,8 +23,8 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from PIL import Image
 
+from nf_precond_plugin.data.demo_scene import generate_demo_scene
 from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene
 from nf_precond_plugin.nerf.llff import LLFFDataParserConfig, llff_dataparser
 
 torch.set_num_threads(1)

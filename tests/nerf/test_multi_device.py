@@ -23,8 +23,8 @@ pytest.importorskip("nerfstudio")
 from rank_environment import free_port, rank_environment  # noqa: E402
 from tiny_nerf import tiny_config  # noqa: E402
 
+from nf_precond_plugin.data.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.nerf import methods  # noqa: E402
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.optim.base import LAST_HVP_STEP, STEP_COUNT  # noqa: E402
 
 WORKER = Path(__file__).with_name("multi_device_worker.py")

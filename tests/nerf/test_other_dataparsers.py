@@ -19,8 +19,8 @@ from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConf
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig  # noqa: E402
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider  # noqa: E402
 
+from nf_precond_plugin.data.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.nerf import methods  # noqa: E402
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
 
 # The demo's planes lie at depths 2.5–6 in front of cameras near z = 0: move them around the origin
 # and shrink them into Blender's [−1.5, 1.5]³ box.

@@ -14,9 +14,9 @@ pytest.importorskip("nerfstudio")
 
 from tiny_nerf import EVERY, WARMUP, tiny_config  # noqa: E402
 
+from nf_precond_plugin.data.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.errors import EXIT_BAD_INPUT, EXIT_TRAINING_STOPPED, UserInputError  # noqa: E402
 from nf_precond_plugin.nerf import methods  # noqa: E402
-from nf_precond_plugin.nerf.demo_scene import generate_demo_scene  # noqa: E402
 from nf_precond_plugin.nerf.trainer import CurvatureTrainer  # noqa: E402
 from nf_precond_plugin.nerf.trainer_policy import check_supported  # noqa: E402
 

@@ -22,7 +22,7 @@ its rectangle. Colours average 2 × 2 sub-pixel rays (anti-aliasing, so the view
 for a NeRF); depth maps use the pixel-centre ray. Textures are pre-filtered to about two texels
 per pixel at their depth.
 
-Files written (LLFF conventions; see ``llff.py``):
+Files written (LLFF conventions; see ``nerf/llff.py``):
 
 * ``poses_bounds.npy``: (N, 17) float64. Row k = [P_k (3 × 5) row-major, near_k, far_k] with
   P_k = [down | right | back | centre | (H_full, W_full, f_full)]: the camera-to-world rotation in
@@ -351,7 +351,7 @@ def ensure_demo_scene(path: Path | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m nf_precond_plugin.nerf.demo_scene OUT_DIR``: write the demo scene to OUT_DIR."""
+    """``python -m nf_precond_plugin.data.demo_scene OUT_DIR``: write the demo scene to OUT_DIR."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to create (must not exist, or be empty)")
     parser.add_argument("--num-views", type=int, default=20)

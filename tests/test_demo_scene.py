@@ -14,9 +14,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from nf_precond_plugin.data import demo_scene
+from nf_precond_plugin.data.demo_scene import ensure_demo_scene, generate_demo_scene
 from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.nerf import demo_scene
-from nf_precond_plugin.nerf.demo_scene import ensure_demo_scene, generate_demo_scene
 
 NUM_VIEWS, WIDTH, HEIGHT, FACTOR = 20, 80, 60, 8
 PLANE_DEPTHS = (2.5, 3.5, 6.0)
