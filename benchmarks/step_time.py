@@ -29,7 +29,7 @@ import torch
 
 from nf_precond_plugin.curvature import functional_hvp, hvp, hvp_samples
 from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
-from nf_precond_plugin.optim import ESGD
+from nf_precond_plugin.optim import PaperESGD
 from nf_precond_plugin.optim.factory import build_optimizer, default_lr
 from nf_precond_plugin.presets import IMAGE_BATCH
 from nf_precond_plugin.tasks.common import FitConfig, build_field
@@ -102,8 +102,8 @@ def hvp_step_ratio(device: str, steps: int) -> dict:
     """An ESGD step with an H·v (warm-up never ends) vs one without (only step 0 had one)."""
     model_h, batch_h = make_problem(device)
     model_p, batch_p = make_problem(device)
-    with_hvp = ESGD(model_h.parameters(), rule="paper", d_warmup=10**9)
-    plain = ESGD(model_p.parameters(), rule="paper", update_d_every=10**9, d_warmup=1)
+    with_hvp = PaperESGD(model_h.parameters(), d_warmup=10**9)
+    plain = PaperESGD(model_p.parameters(), update_d_every=10**9, d_warmup=1)
     train_steps(model_h, batch_h, with_hvp, 5, device)
     train_steps(model_p, batch_p, plain, 5, device)
     ms = interleaved_ms({"hvp": (model_h, batch_h, with_hvp), "plain": (model_p, batch_p, plain)}, steps, device)
@@ -171,7 +171,7 @@ def flush_denormal_child(flush: bool, repeats: int, raw_exp: bool) -> None:
         activations.EXPONENT_CLAMP = float("inf")
     model, batch = make_problem("cpu")
     # a field trained by ESGD has large pre-activations, hence many underflowing exponentials
-    esgd = ESGD(model.parameters(), rule="paper", d_warmup=1, update_d_every=10**9)
+    esgd = PaperESGD(model.parameters(), d_warmup=1, update_d_every=10**9)
     train_steps(model, batch, esgd, 200, "cpu")
     print(1e3 * statistics.median(train_steps(model, batch, esgd, 20, "cpu") / 20 for _ in range(repeats)))
 
@@ -211,7 +211,7 @@ def peak_memory_child(optimizer_name: str, device: str) -> None:
     if optimizer_name == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     else:
-        optimizer = ESGD(model.parameters(), rule="paper")
+        optimizer = PaperESGD(model.parameters())
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         baseline = torch.cuda.memory_allocated()

@@ -31,7 +31,6 @@ from nf_precond_plugin.curvature.reduction import (
 )
 from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
 from nf_precond_plugin.curvature.sparsity import (
-    SPARSE_CURVATURE,
     SPARSE_FIELD,
     SPARSE_TENSOR,
     ZERO_TOLERANCE,
@@ -47,7 +46,6 @@ __all__ = [
     "broadcast_int",
     "fill_missing_grads_",
     "release_graph",
-    "SPARSE_CURVATURE",
     "SPARSE_FIELD",
     "SPARSE_TENSOR",
     "ZERO_TOLERANCE",

@@ -34,9 +34,6 @@ Lower than ``SPARSE_TENSOR`` because it is a mean over every tensor of the field
 zeros of the sparse tensors are diluted by the denser ones, and because it only has to separate
 two populations: smooth fields measure ≈ 0, ReLU-PE fields 0.3–0.7."""
 
-SPARSE_CURVATURE = SPARSE_TENSOR
-"""The former name of ``SPARSE_TENSOR`` (the clipped ESGD's default ``sparse_threshold``)."""
-
 ZERO_TOLERANCE = 0.0
 """The default relative tolerance τ of the H·v sparsity diagnostic: an entry with |h_i| ≤ τ·max|h|
 counts as zero. A numerical tolerance (what counts as a zero), not a sparsity threshold (how many
