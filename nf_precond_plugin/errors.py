@@ -26,6 +26,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and the exact command that resumes it."""
+
+
 class PeerProcessLost(RuntimeError):
     """A collective failed or timed out: another process of a data-parallel run died or hung."""
 
@@ -52,8 +56,11 @@ def reported_as_one_line(prog: str) -> Iterator[None]:
     except (TrainingDiverged, PeerProcessLost) as error:
         _print_line(prog, "training stopped", str(error))
         raise SystemExit(EXIT_TRAINING_STOPPED) from None
+    except RunInterrupted as stop:
+        _print_line(prog, "interrupted", str(stop))
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
-        _print_line(prog, "interrupted", "the run directory has no summary.json; resume it with --resume")
+        _print_line(prog, "interrupted", "stopped before a run started; nothing was written")
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 
