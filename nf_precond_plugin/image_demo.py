@@ -1,4 +1,4 @@
-"""``nf-precond image-demo``: the project's claim in two minutes, side by side on the embedded image.
+"""``nf-precond image-demo``: the project's claim side by side on the embedded image.
 
 The clipped ESGD against Adam at its tuned lr (the factory's defaults), same initial weights, same
 minibatches (the standalone runner), on scikit-image's astronaut with the paper's 5 × 256 Gaussian
