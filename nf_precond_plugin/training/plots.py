@@ -24,6 +24,18 @@ def convergence_plot(
     label = metric.upper() if len(metric) <= 4 else metric
     by_epoch.set(xlabel=step_key, ylabel=label, title=f"per {step_key}")
     by_time.set(xlabel="training seconds (forward + backward + optimizer)", ylabel=label, title="per second")
+    if len(histories) > 1:
+        # The optimizers ran one after another: a change in the machine's load between them shows
+        # here as a speed difference. benchmarks/step_time.py interleaves steps to measure cost.
+        by_time.text(
+            0.5,
+            -0.28,
+            "measured one optimizer after another: load changes between runs skew this panel",
+            transform=by_time.transAxes,
+            ha="center",
+            fontsize=7,
+            color="0.35",
+        )
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
