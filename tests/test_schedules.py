@@ -112,7 +112,7 @@ def test_schedule_free_sgd_follows_the_hand_computed_recurrence_on_a_quadratic()
         optimizer.step()
         ys.append(float(theta.detach()))
     # by hand: c_1 = 1, c_2 = 1/2, c_3 = 1/3 (constant lr)
-    y0 = z0 = x0 = theta0
+    y0 = z0 = theta0  # and x0: with c_1 = 1, x1 = z1 whatever x0 is
     z1 = z0 - gamma * a * y0
     x1 = z1
     y1 = (1 - beta) * z1 + beta * x1
