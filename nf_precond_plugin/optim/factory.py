@@ -25,7 +25,19 @@ from torch import nn
 from nf_precond_plugin.optim.base import PAPER_LR
 
 OptimizerName = Literal[
-    "adam", "sgd", "esgd", "esgd-paper", "esgd-max", "adahessian", "adahessian-j", "shampoo", "kfac", "muon", "sophiah"
+    "adam",
+    "sf-adamw",
+    "sgd",
+    "esgd",
+    "esgd-paper",
+    "esgd-max",
+    "adahessian",
+    "adahessian-j",
+    "shampoo",
+    "soap",
+    "kfac",
+    "muon",
+    "sophiah",
 ]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
@@ -82,6 +94,11 @@ _CURVATURE_PAPER_LRS = dict(relu_lr=PAPER_RELU_LR, paper_lrs=(PAPER_LR, PAPER_RE
 _SPECS: dict[str, OptimizerSpec] = {
     # torch's default lr, 1e-3, is the tuned one: the paper's 1e-4 trails it by 3.8 dB after one epoch on the lion
     "adam": OptimizerSpec("torch.optim.Adam", "torch.optim:Adam", paper_lrs=(1e-4, 1e-3)),
+    "sf-adamw": OptimizerSpec(
+        "pytorch_optimizer.ScheduleFreeAdamW: AdamW without a schedule, evaluated at its weight average",
+        "pytorch_optimizer:ScheduleFreeAdamW",
+        lr=1e-3,
+    ),
     "sgd": OptimizerSpec(
         "torch.optim.SGD without momentum (the paper's plain SGD, Fig. 3)",
         "torch.optim:SGD",
@@ -106,6 +123,11 @@ _SPECS: dict[str, OptimizerSpec] = {
         "pytorch_optimizer:Shampoo",
         lr=1e-2,
         fixed=dict(momentum=0.0, preconditioning_compute_steps=1, matrix_eps=1e-6),
+    ),
+    "soap": OptimizerSpec(
+        "pytorch_optimizer.SOAP: Adam in Shampoo's eigenbasis, refreshed every 10 steps",
+        "pytorch_optimizer:SOAP",
+        fixed=dict(weight_decay=0.0),
     ),
     "kfac": OptimizerSpec(
         "KFACAdam: K-FAC factors (NNGeometry), then Adam",

@@ -11,7 +11,9 @@ average of the z's, and trained (gradients and H·v taken) at y, between the two
 with x_0 = y_0 = z_0 = θ_0. With a constant lr, c_{t+1} = 1/(t + 1): x is the plain average of the
 z's. The base optimizer steps first, from y, on the graph backward just built there (a wrapper
 that first moved the parameters to z would break the H·v of a curvature optimizer); the averages
-move after it. ``eval()`` puts x into the parameters for evaluation, checkpoints and exports;
+move after it (``pytorch_optimizer.ScheduleFreeWrapper`` moves the parameters to z in place before
+the base step, under a graph that saved them, so a curvature optimizer would differentiate the wrong
+point). ``eval()`` puts x into the parameters for evaluation, checkpoints and exports;
 ``train()`` puts y back, exactly.
 """
 
