@@ -134,6 +134,32 @@ def test_bad_mesh_files_raise_one_line_errors_naming_the_path(tmp_path, name):
     assert str(path) in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "image.off",
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "not a readable OFF mesh (expected an 'OFF' header, then vertex and face counts; "
+            "the file looks like a PNG image)",
+        ),
+        ("empty.off", b"", "the file is empty (0 bytes); expected a mesh file (obj, ply, off, stl, glb, …)"),
+        ("vertices_only.off", b"OFF\n3 0 0\n0 0 0\n1 0 0\n0 1 0\n", "holds 3 vertices but no faces"),
+        ("hello.obj", b"hello\n", "not a readable OBJ mesh (expected 'v x y z' vertex lines and 'f i j k' face"),
+        ("mesh.png", b"OFF\n", "not a mesh format trimesh reads (expected obj, ply, off, stl, glb, …; found .png)"),
+        ("point.obj", b"v 1 1 1\nv 1 1 1\nv 1 1 1\nf 1 2 3\n", "degenerate mesh, all its vertices coincide"),
+        ("line.obj", b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate mesh, every triangle has zero area"),
+    ],
+)
+def test_unusable_mesh_files_say_what_was_expected(tmp_path, name, content, expected):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(UserInputError) as caught:
+        load_mesh(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and expected in message, message
+    assert "unpack" not in message and "Error" not in message
+
+
 def test_missing_path_and_directory_raise_user_input_errors(tmp_path):
     missing = tmp_path / "nope.obj"
     with pytest.raises(UserInputError, match="no such mesh file") as caught:

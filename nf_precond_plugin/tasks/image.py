@@ -1,17 +1,22 @@
 """2D image fitting (the paper's §5.1): a coordinate MLP maps pixel centres in [−1, 1]² to RGB.
 
 PSNR = −10 · log10(MSE) over the full image with colours in [0, 1] (torchmetrics).
+
+The field is fitted on a square: a non-square image is cropped to its centre square, then resized
+to ``--size``. The crop is printed as a note when the task is built and recorded in ``describe()``
+(hence in summary.json), so a result is never silently about part of a photograph.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nf_precond_plugin.data.images import load_target_image, pixel_coordinates
+from nf_precond_plugin.data.images import load_target, pixel_coordinates
 from nf_precond_plugin.presets import IMAGE_SIZE
 from nf_precond_plugin.tasks.common import FitConfig, build_field, model_device
 
@@ -23,7 +28,8 @@ class ImageConfig(FitConfig):
     image: Path | None = None
     """Image file (anything imageio reads). Default: scikit-image's astronaut, shipped in its wheel."""
     size: int = IMAGE_SIZE
-    """Side of the square target after resizing (the paper: 256)."""
+    """Side of the square target after resizing (the paper: 256). A non-square image is first
+    cropped to its centre square."""
 
 
 class ImageTask:
@@ -32,7 +38,15 @@ class ImageTask:
 
     def __init__(self, config: ImageConfig) -> None:
         self.config = config
-        self.target, self.source = load_target_image(config.image, config.size)
+        loaded = load_target(config.image, config.size)
+        self.target, self.source, self.crop = loaded.target, loaded.source, loaded.crop
+        if loaded.note is not None and os.environ.get("RANK", "0") == "0":  # once per data-parallel run
+            from rich.console import Console
+            from rich.markup import escape
+
+            Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
+                f"[cyan]note:[/cyan] {escape(loaded.note)}"
+            )
         self.coords = pixel_coordinates(config.size, config.size)
         self.colors = self.target.reshape(-1, 3)
         self.samples_per_epoch = self.coords.shape[0]  # every pixel once
@@ -89,4 +103,9 @@ class ImageTask:
         return [recon, errmap]
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "size": self.config.size, "pixels": int(self.coords.shape[0])}
+        return {
+            "source": self.source,
+            "crop": self.crop,
+            "size": self.config.size,
+            "pixels": int(self.coords.shape[0]),
+        }
