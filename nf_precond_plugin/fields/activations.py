@@ -5,10 +5,24 @@
 - wavelet:   φ(z₁, z₂) = cos(ω₀ z₁) · exp(−(s₀ z₂)²), ω₀ = s₀ = 10      (real Gabor, WIRE)
 - ReLU, optionally after a positional encoding
       γ(x) = [x, sin(2ᵏπx), cos(2ᵏπx)]_{k=0..K−1},  K = 8            (NeRF)
-The exponents are clamped at 87 (exp(−87) = 1.6e-38, the smallest normal float32 is 1.2e-38): on
-x86, vectorised exp of a more negative argument leaves its fast path and runs 15–40× slower, and a
-trained Gaussian field has many such pre-activations. The clamp changes values by < 1.7e-38 and
-zeroes derivatives that were below ~1e-34 anyway.
+The Gaussian factors exp(−x) (x = z²/2σ² and x = (s₀z₂)²) are cut to exactly 0 below c = ∛tiny,
+tiny = torch.finfo(dtype).tiny being the smallest normal float of the input's dtype:
+      exp(−x) ↦ exp(−x) for x ≤ T,   0 for x > T,      T = −ln c = −⅓ ln tiny
+(float32: c = 2.3e-13, T = 29.1; float64: c = 2.8e-103, T = 236). Their derivatives (the
+Gaussian's hand-written −z/σ² · φ, the wavelet's by autograd) are then exactly 0 there too.
+Why: a trained field has many units far from their centre, and without the cut their φ is a
+normal float just above tiny that backward multiplies by gradients ≪ 1 (grad · φ · z, the next
+layer's weight gradient φᵀ δ, the double backward of an H·v step), giving subnormals, on which
+x86 arithmetic takes a slow path unless the process flushes them (``torch.set_flush_denormal``),
+as a library user's own training loop does not. With the cut, a product of up to two kept
+factors ≥ c (φ of one layer times the δ ∝ φ of the next, as in a weight gradient) and one more
+factor ≥ c (a gradient, a probe) stays normal, since c³ = tiny, and a product with a cut factor
+is exactly 0. c is also at least 2¹⁰ times below the dtype's eps, so even a thousand cut units,
+each with a weight ≤ 1, change a sum of O(1) by less than eps. For x ≤ T the value and
+its first and second derivatives are exactly those without the cut. The exponent is clamped at
+T before exp, whose vectorised form also leaves its fast path for arguments below ln tiny.
+float16's range is too narrow for that (∛tiny = 0.039 > eps); there c = tiny, which keeps its
+outputs normal.
 
 All are smooth except ReLU, whose second derivative vanishes almost everywhere, which is why
 Hessian-vector products of ReLU fields are sparse.
@@ -16,21 +30,38 @@ Hessian-vector products of ReLU fields are sparse.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-EXPONENT_CLAMP = 87.0
+
+@functools.cache
+def exponent_cut(dtype: torch.dtype) -> float:
+    """T of the cut exp(−x) ↦ 0 for x > T: T = −ln c, c = ∛tiny (tiny where that is not ≤ eps/2¹⁰)."""
+    info = torch.finfo(dtype)
+    cut = info.tiny ** (1 / 3)
+    if not cut <= info.eps * 2**-10:
+        cut = info.tiny
+    return -math.log(cut)
 
 
 def _exp_neg(exponent: torch.Tensor) -> torch.Tensor:
-    """exp(−exponent) for exponent ≥ 0, kept inside exp's fast, normal-float range."""
-    return torch.exp(-exponent.clamp(max=EXPONENT_CLAMP))
+    """exp(−exponent) for exponent ≥ 0, exactly 0 beyond the cut (differentiable, NaN kept)."""
+    limit = exponent_cut(exponent.dtype)
+    return torch.exp(-exponent.clamp(max=limit)).masked_fill(exponent > limit, 0.0)
+
+
+def _exp_neg_(exponent: torch.Tensor) -> torch.Tensor:
+    """``_exp_neg`` reusing ``exponent``'s storage, outside autograd (a Function's forward)."""
+    limit = exponent_cut(exponent.dtype)
+    beyond = exponent > limit
+    return exponent.clamp_(max=limit).neg_().exp_().masked_fill_(beyond, 0.0)
 
 
 class _GaussianFunction(torch.autograd.Function):
-    """φ(z) = exp(−z²/2σ²) with the hand-written derivative φ'(z) = −z φ(z) / σ².
+    """φ(z) = exp(−z²/2σ²), cut to 0 below c, with the hand-written derivative φ'(z) = −z φ(z) / σ².
 
     Autograd of the composed expression records six elementwise ops per layer, and the double
     backward of an H·v step differentiates each of them again. The backward here is three
@@ -41,7 +72,7 @@ class _GaussianFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(z: torch.Tensor, sigma: float) -> torch.Tensor:
-        return _exp_neg(z.square().mul_(0.5 / sigma**2))
+        return _exp_neg_(z.square().mul_(0.5 / sigma**2))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
