@@ -6,9 +6,8 @@ Prints (and writes as JSON with --json-out):
   - an HVP step vs a plain step (ESGD);
   - double backward vs forward-over-reverse for gradient + H·v (and how closely their H·v agree);
   - peak memory of an ESGD run vs an Adam run (each in a fresh subprocess: peak RSS on CPU,
-    torch.cuda.max_memory_allocated on CUDA);
-  - the step time of a trained field with and without flushing subnormals on the CPU, for the
-    project's Gaussian (exponent clamped at 87) and for the textbook exp(−z²/2σ²).
+    torch.cuda.max_memory_allocated on CUDA).
+The step time with and without flushing subnormals is benchmarks/subnormal_step_time.py's.
 
     .venv/bin/python benchmarks/step_time.py [--device cuda] [--repeats 5]
 """
@@ -161,50 +160,6 @@ def hvp_method_ratio(device: str, repeats: int) -> dict:
     }
 
 
-def flush_denormal_child(flush: bool, repeats: int, raw_exp: bool) -> None:
-    """Run in a fresh process: the flag must be set before torch starts its worker threads,
-    which inherit the floating-point mode of the thread that creates them."""
-    del flush  # set by main() before the worker threads start
-    if raw_exp:  # the textbook exp(−z²/2σ²), whose underflowing tail produces subnormals
-        from nf_precond_plugin.fields import activations
-
-        activations.EXPONENT_CLAMP = float("inf")
-    model, batch = make_problem("cpu")
-    # a field trained by ESGD has large pre-activations, hence many underflowing exponentials
-    esgd = PaperESGD(model.parameters(), d_warmup=1, update_d_every=10**9)
-    train_steps(model, batch, esgd, 200, "cpu")
-    print(1e3 * statistics.median(train_steps(model, batch, esgd, 20, "cpu") / 20 for _ in range(repeats)))
-
-
-def flush_denormal_ratio(repeats: int, threads: int) -> dict:
-    """Plain ESGD steps of an ESGD-trained field on the CPU, with and without flushing subnormals,
-    with the clamped and the textbook Gaussian, each in a fresh process."""
-    timings = {}
-    for raw in ("", "--raw-exp"):
-        for flush in ("0", "1"):
-            command = [
-                sys.executable,
-                __file__,
-                "--flush-child",
-                flush,
-                "--repeats",
-                str(repeats),
-                "--threads",
-                str(threads),
-            ]
-            out = subprocess.run(command + ([raw] if raw else []), check=True, capture_output=True, text=True)
-            timings[raw, flush] = float(out.stdout.strip().splitlines()[-1])
-    return {
-        "trained_step_ms_raw_exp_subnormals": timings["--raw-exp", "0"],
-        "trained_step_ms_raw_exp_flushed": timings["--raw-exp", "1"],
-        "raw_exp_subnormal_slowdown": timings["--raw-exp", "0"] / timings["--raw-exp", "1"],
-        "trained_step_ms_clamped_exp_subnormals": timings["", "0"],
-        "trained_step_ms_clamped_exp_flushed": timings["", "1"],
-        "clamped_exp_subnormal_slowdown": timings["", "0"] / timings["", "1"],
-        "raw_vs_clamped_exp_flushed": timings["--raw-exp", "1"] / timings["", "1"],
-    }
-
-
 def peak_memory_child(optimizer_name: str, device: str) -> None:
     """Run in a fresh process: 150 training steps (covering HVP steps), print the peak working memory in MiB."""
     model, batch = make_problem(device)
@@ -256,23 +211,15 @@ def peak_memory_ratio(device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of the H·v-method and subnormal timings")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the H·v-method timings")
     parser.add_argument("--cycles", type=int, default=4, help="100-step HVP cycles per amortised measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--peak-memory-child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--flush-child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-exp", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # Before any parallel work: torch's worker threads inherit the floating-point mode of the
-    # thread that starts them, so setting it later would flush on the main thread only.
-    torch.set_flush_denormal(args.flush_child != "0")
     torch.set_num_threads(args.threads)
     if args.peak_memory_child:
         peak_memory_child(args.peak_memory_child, args.device)
-        return
-    if args.flush_child:
-        flush_denormal_child(args.flush_child == "1", args.repeats, args.raw_exp)
         return
     device_name = (
         torch.cuda.get_device_name()
@@ -288,8 +235,6 @@ def main() -> None:
     results.update(hvp_step_ratio(args.device, 50 * args.cycles))
     results.update(hvp_method_ratio(args.device, args.repeats))
     results.update(peak_memory_ratio(args.device))
-    if args.device == "cpu":
-        results.update(flush_denormal_ratio(args.repeats, args.threads))
     for key, value in results.items():
         print(f"{key:42s} {value:.3f}" if isinstance(value, float) else f"{key:42s} {value}")
     if args.json_out:

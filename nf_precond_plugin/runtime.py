@@ -11,9 +11,11 @@ import torch
 def enable_fast_cpu_math() -> bool:
     """Flush subnormal floats to zero on the CPU.
 
-    A Gaussian activation exp(−z²/2σ²) with small σ produces many subnormals (|x| < 1.2e-38 in
-    float32), and x86 arithmetic on them is an order of magnitude slower. Flushing them changes
-    results only by values below that threshold. Returns whether the CPU supports it.
+    x86 arithmetic on subnormals (|x| < 1.2e-38 in float32) takes a slow path. The fields produce
+    none (their exponentials are cut to exactly 0 before that, ``fields.activations``), so library
+    users get the fast path without this flag; the entry points set it anyway for whatever else
+    may underflow (squares of tiny H·v entries, say). Flushing changes results only by values
+    below that threshold. Returns whether the CPU supports it.
     """
     return bool(torch.set_flush_denormal(True))
 

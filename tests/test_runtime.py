@@ -51,9 +51,9 @@ def test_flushing_changes_values_only_below_the_smallest_normal():
 
 
 def test_gaussian_activation_matches_the_textbook_formula_and_its_derivatives():
-    """The clamped, hand-differentiated Gaussian against autograd of exp(−z²/2σ²) in float64."""
+    """The hand-differentiated Gaussian against autograd of exp(−z²/2σ²) in float64 (inside its cut)."""
     sigma = 0.05
-    z = torch.linspace(-0.6, 0.6, 2001, dtype=torch.float64, requires_grad=True)  # clamp starts at |z| ≈ 0.66
+    z = torch.linspace(-0.6, 0.6, 2001, dtype=torch.float64, requires_grad=True)  # float64's cut starts at |z| ≈ 1.09
     ours = Gaussian(sigma)(z)
     first = torch.autograd.grad(ours.sum(), z, create_graph=True)[0]
     second = torch.autograd.grad(first.sum(), z)[0]
@@ -63,13 +63,3 @@ def test_gaussian_activation_matches_the_textbook_formula_and_its_derivatives():
     torch.testing.assert_close(ours, reference, rtol=1e-13, atol=0)
     torch.testing.assert_close(first, ref_first, rtol=1e-12, atol=1e-300)
     torch.testing.assert_close(second, ref_second, rtol=1e-12, atol=1e-300)
-
-
-def test_gaussian_clamp_changes_values_by_less_than_the_smallest_normal():
-    z = torch.linspace(-3, 3, 60001)  # float32, deep into the underflowing tail
-    ours, exact = Gaussian(0.05)(z).double(), _textbook_gaussian(z.double(), 0.05)
-    tail = exact < 1e-37
-    assert tail.sum() > 40_000
-    assert (ours[tail] - exact[tail]).abs().max() < 1.7e-38
-    torch.testing.assert_close(ours[~tail], exact[~tail], rtol=1e-5, atol=0)  # float32 rounding only
-    assert (ours >= SMALLEST_NORMAL_FP32).all(), "no subnormals produced"
