@@ -36,9 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nf_precond_plugin.errors import TrainingDiverged
-from nf_precond_plugin.optim.factory import OPTIMIZERS, build_optimizer
+from nf_precond_plugin.optim.factory import OPTIMIZERS
 from nf_precond_plugin.runtime import configure_entry_point
-from nf_precond_plugin.training.runner import OptimizerRun, RunSettings, train_epoch
+from nf_precond_plugin.training.runner import RunSettings, build_run, train_epoch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LION = SHARED / "div2k" / "test_data" / "14.png"
@@ -99,13 +99,8 @@ def train(
 ) -> dict[str, Any]:
     """One entry: ``epochs`` epochs from ``initial``; the metric per epoch and the times."""
     task = league.task
-    model = task.build_model()
-    model.load_state_dict(initial)
-    overrides = getattr(task, "optimizer_overrides", lambda _name: {})(optimizer)
-    steps_per_epoch = task.samples_per_epoch // league.batch_size
-    built = build_optimizer(optimizer, model, lr, steps_per_epoch=steps_per_epoch, **overrides)
-    run = OptimizerRun(optimizer, model, built, scratch / "unused.pt")
     settings = RunSettings([optimizer], {optimizer: lr}, epochs, league.batch_size, seed=seed, progress=False)
+    run = build_run(task, settings, optimizer, initial, scratch)  # its default schedule
     torch.manual_seed(seed)
     curve, seconds, diverged = [], [], None
     while run.epoch < epochs:

@@ -10,18 +10,21 @@ import math
 import pytest
 import torch
 
-from nf_precond_plugin.curvature import clip_foreach_, inverse_time_lr, zero_fraction
+from nf_precond_plugin.curvature import clip_foreach_, zero_fraction
 from nf_precond_plugin.optim import ESGD, ESGDMax, PaperESGD
+from nf_precond_plugin.training.schedules import Schedule, lr_scheduler
 from nf_precond_plugin.training.step import training_step
 
 F64 = torch.float64
 
 
-def test_inverse_time_lr_by_hand():
-    assert inverse_time_lr(1.0, 1, 4) == 1.0
-    assert inverse_time_lr(1.0, 5, 4) == 0.5  # halved after T steps
-    assert inverse_time_lr(0.3, 13, 4) == pytest.approx(0.3 / 4)
-    assert inverse_time_lr(0.3, 1000, None) == 0.3
+def inverse_time(optimizer, decay_steps: int, total_steps: int = 1000):
+    """The run schedule the project's ESGD trains under by default: lr / (1 + k/T) at 0-based step k."""
+    return lr_scheduler(optimizer, Schedule("inverse-time", total_steps, decay_steps=decay_steps))
+
+
+def inverse_time_lr(lr: float, t: int, decay_steps: int) -> float:
+    return lr / (1 + (t - 1) / decay_steps)  # at 1-based step t
 
 
 def test_clip_and_zero_fraction_by_hand():
@@ -55,17 +58,17 @@ def separable_recurrence(a, theta0, steps, lr, beta1, beta2, eps, clip, decay, w
 def test_clipped_rule_matches_its_closed_form_recurrence_on_a_separable_quadratic():
     a = [4.0, 0.5, 0.01, 2.0]  # 0.01: a nearly flat direction, where the clip binds
     theta0 = [1.0, -2.0, 3.0, 0.05]
-    hp = dict(lr=0.7, betas=(0.8, 0.6), eps=1e-3, clip=0.05, lr_decay_steps=5, d_warmup=3, update_d_every=4)
+    hp = dict(lr=0.7, betas=(0.8, 0.6), eps=1e-3, clip=0.05, d_warmup=3, update_d_every=4)
     theta = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
     curvature = torch.tensor(a, dtype=F64)
     opt = ESGD([theta], **hp)
+    schedule = inverse_time(opt, 5)
     got = []
     for _ in range(30):
         training_step([opt], lambda: (0.5 * (curvature * theta.square()).sum(), None))
+        schedule.step()
         got.append(theta.detach().tolist())
-    want = separable_recurrence(
-        a, theta0, 30, hp["lr"], *hp["betas"], hp["eps"], hp["clip"], hp["lr_decay_steps"], 3, 4
-    )
+    want = separable_recurrence(a, theta0, 30, hp["lr"], *hp["betas"], hp["eps"], hp["clip"], 5, 3, 4)
     assert torch.tensor(got) == pytest.approx(torch.tensor(want), rel=1e-12, abs=1e-14)
     # the oracle exercised both regimes: clipped steps and curvature-scaled ones
     steps = torch.tensor([theta0] + want).diff(dim=0).abs()
@@ -81,7 +84,7 @@ def _small_field(activation: str, seed: int = 0) -> torch.nn.Module:
     return CoordinateMLP(2, 3, hidden_features=24, num_layers=3, activation=activation, sigma=0.2).double()
 
 
-def _train_and_record_steps(model, opt, steps: int, seed: int = 0):
+def _train_and_record_steps(model, opt, steps: int, seed: int = 0, schedule=None):
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(128, 2, generator=generator, dtype=F64) * 2 - 1
     y = torch.rand(128, 3, generator=generator, dtype=F64)
@@ -89,6 +92,8 @@ def _train_and_record_steps(model, opt, steps: int, seed: int = 0):
     for _ in range(steps):
         before = [p.detach().clone() for p in model.parameters()]
         training_step([opt], lambda: ((model(x) - y).square().mean(), None))
+        if schedule is not None:
+            schedule.step()
         deltas.append(max(float((p.detach() - b).abs().max()) for p, b in zip(model.parameters(), before)))
     return deltas
 
@@ -96,8 +101,8 @@ def _train_and_record_steps(model, opt, steps: int, seed: int = 0):
 @pytest.mark.parametrize("activation", ["gaussian", "relu"])
 def test_every_step_is_bounded_by_lr_t_times_the_clip(activation):
     model = _small_field(activation)
-    opt = ESGD(model.parameters(), lr=0.8, clip=0.01, lr_decay_steps=10, d_warmup=5, update_d_every=3)
-    deltas = _train_and_record_steps(model, opt, 40)
+    opt = ESGD(model.parameters(), lr=0.8, clip=0.01, d_warmup=5, update_d_every=3)
+    deltas = _train_and_record_steps(model, opt, 40, schedule=inverse_time(opt, 10))
     for t, delta in enumerate(deltas, start=1):
         assert delta <= inverse_time_lr(0.8, t, 10) * 0.01 * (1 + 1e-6), (t, delta)
     assert max(deltas) > 0
@@ -124,25 +129,30 @@ def test_a_relu_network_with_exactly_zero_hv_entries_takes_bounded_steps():
 def test_resume_matches_an_uninterrupted_run_exactly():
     torch.manual_seed(0)
     x, y = torch.rand(64, 2, dtype=F64) * 2 - 1, torch.rand(64, 3, dtype=F64)
-    hp = dict(lr=0.5, clip=0.01, lr_decay_steps=7, d_warmup=2, update_d_every=3)
+    hp = dict(lr=0.5, clip=0.01, d_warmup=2, update_d_every=3)
 
-    def run(model, opt, steps):
+    def run(model, opt, schedule, steps):
         for _ in range(steps):
             training_step([opt], lambda: ((model(x) - y).square().mean(), None))
+            schedule.step()
 
     whole = _small_field("gaussian")
     torch.manual_seed(3)
-    run(whole, ESGD(whole.parameters(), **hp), 20)
+    opt = ESGD(whole.parameters(), **hp)
+    run(whole, opt, inverse_time(opt, 7), 20)
 
     part = _small_field("gaussian")
     torch.manual_seed(3)
     first = ESGD(part.parameters(), **hp)
-    run(part, first, 9)
-    saved, rng = first.state_dict(), torch.get_rng_state()
-    second = ESGD(part.parameters(), lr=0.1, clip=0.5, lr_decay_steps=1, d_warmup=30, update_d_every=1)
-    second.load_state_dict(saved)  # schedule, hyperparameters and state all come from the checkpoint
+    first_schedule = inverse_time(first, 7)
+    run(part, first, first_schedule, 9)
+    saved, saved_schedule, rng = first.state_dict(), first_schedule.state_dict(), torch.get_rng_state()
+    second = ESGD(part.parameters(), lr=0.1, clip=0.5, d_warmup=30, update_d_every=1)
+    second_schedule = inverse_time(second, 7)  # the schedule is the run's: rebuilt from its record
+    second.load_state_dict(saved)  # H·v schedule, hyperparameters and state all come from the checkpoint
+    second_schedule.load_state_dict(saved_schedule)  # and where in it the run was
     torch.set_rng_state(rng)
-    run(part, second, 11)
+    run(part, second, second_schedule, 11)
     for a, b in zip(whole.parameters(), part.parameters()):
         assert torch.equal(a, b)
 
@@ -151,7 +161,6 @@ def test_resume_matches_an_uninterrupted_run_exactly():
     "kwargs, option",
     [
         (dict(clip=0.0), "clip"),
-        (dict(lr_decay_steps=-1), "lr_decay_steps"),
         (dict(sparse_threshold=0.0), "sparse_threshold"),
     ],
 )
@@ -168,7 +177,7 @@ def test_a_tensor_with_mostly_zero_curvature_takes_adams_step_scaled_to_the_clip
     theta0 = [1.0, -0.5, 0.25, 2.0]
     theta = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
     curvature, linear = torch.tensor(a, dtype=F64), torch.tensor(c, dtype=F64)
-    opt = ESGD([theta], lr=lr, betas=(beta1, 0.7), clip=clip, lr_decay_steps=decay, d_warmup=2, update_d_every=3)
+    opt = ESGD([theta], lr=lr, betas=(beta1, 0.7), clip=clip, d_warmup=2, update_d_every=3)
     want, m, v, x = [], [0.0] * 4, [0.0] * 4, list(theta0)
     for t in range(1, 13):
         g = [ai * xi + ci for ai, xi, ci in zip(a, x, c)]
@@ -181,9 +190,10 @@ def test_a_tensor_with_mostly_zero_curvature_takes_adams_step_scaled_to_the_clip
         want.append(list(x))
 
     def trajectory(optimizer, param):
-        out = []
+        schedule, out = inverse_time(optimizer, decay), []
         for _ in range(12):
             training_step([optimizer], lambda: ((0.5 * curvature * param.square() + linear * param).sum(), None))
+            schedule.step()
             out.append(param.detach().tolist())
         return torch.tensor(out)
 
@@ -191,7 +201,7 @@ def test_a_tensor_with_mostly_zero_curvature_takes_adams_step_scaled_to_the_clip
     assert float(opt.state[theta]["zero_fraction"]) == 0.75
     # the oracle tells the two regimes apart: without the fallback the same problem goes elsewhere
     dense = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
-    kwargs = dict(lr=lr, betas=(beta1, 0.7), clip=clip, lr_decay_steps=decay, d_warmup=2, update_d_every=3)
+    kwargs = dict(lr=lr, betas=(beta1, 0.7), clip=clip, d_warmup=2, update_d_every=3)
     unprotected = trajectory(ESGD([dense], sparse_threshold=1.0, **kwargs), dense)
     assert float((unprotected - torch.tensor(want)).abs().max()) > 1e-3
 
@@ -210,7 +220,13 @@ def test_every_rule_shows_its_defaults_in_its_signature(cls):
 
 @pytest.mark.parametrize(
     "cls, foreign",
-    [(ESGD, "bias_correction"), (PaperESGD, "clip"), (ESGDMax, "lr_decay_steps"), (ESGD, "rule"), (ESGD, "variant")],
+    [
+        (ESGD, "bias_correction"),
+        (PaperESGD, "clip"),
+        (ESGDMax, "sparse_threshold"),
+        (ESGD, "rule"),
+        (ESGD, "lr_decay_steps"),
+    ],
 )
 def test_an_argument_of_another_rule_is_refused_by_python(cls, foreign):
     with pytest.raises(TypeError, match=foreign):

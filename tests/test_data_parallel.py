@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from data_parallel_worker import OPTIMIZER_CASES, train
 from rank_environment import free_port, rank_environment
 
@@ -220,8 +221,11 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
         parent = tmp_path / f"from-{'one' if then else 'two'}"
         run(first(*options, "--epochs", "2", "--output-dir", str(parent)))
         run_dir = only_run_dir(parent)
-        (run_dir / "summary.json").unlink()  # as if stopped after epoch 2 of 3
-        resume = image_command(*options, "--epochs", "3", "--resume", str(run_dir))
+        # as if a 3-epoch run stopped after epoch 2: its record says 3, its checkpoints hold 2
+        (run_dir / "summary.json").unlink()
+        record = yaml.safe_load((run_dir / "config.yaml").read_text())
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**record, "epochs": 3}, sort_keys=False))
+        resume = image_command("--resume", str(run_dir))
         run(then(*resume) if then else resume)
         assert psnr_by_epoch(run_dir)[("esgd", 3)] == pytest.approx(expected, abs=FLOAT32_PSNR_DRIFT)
 

@@ -246,21 +246,16 @@ def test_shampoo_is_pytorch_optimizer_shampoo_and_moves_every_parameter():
         assert not torch.equal(p, b)
 
 
-def test_the_decay_span_of_esgd_is_one_epoch_of_the_run():
-    """T counts steps but means one epoch: build_optimizer sets it from the run's steps per epoch."""
-    model = nn.Linear(2, 1)
-    assert build_optimizer("esgd", model, 1.0, steps_per_epoch=32).param_groups[0]["lr_decay_steps"] == 32
-    assert (
-        build_optimizer("esgd", model, 1.0, steps_per_epoch=32, lr_decay_steps=0).param_groups[0]["lr_decay_steps"] == 0
-    )  # an explicit argument wins
-    assert "lr_decay_steps" not in build_optimizer("esgd-paper", model, 0.1, steps_per_epoch=32).param_groups[0]
-
-
-def test_the_image_runner_decays_esgd_over_one_epoch_of_its_image(tmp_path):
+def test_the_decay_span_of_esgd_is_one_epoch_of_the_run(tmp_path):
+    """ESGD's default schedule is inverse-time with T = one epoch of the run's own task."""
     from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
     from nf_precond_plugin.training.runner import RunSettings, build_run
 
     task = ImageTask(ImageConfig(size=24, hidden_features=8, num_layers=2))
-    settings = RunSettings(["esgd"], {"esgd": 1.0}, epochs=1, batch_size=96)
-    run = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path)
-    assert run.optimizer.param_groups[0]["lr_decay_steps"] == 24 * 24 // 96
+    settings = RunSettings(["esgd", "adam"], {"esgd": 1.0, "adam": 1e-3}, epochs=3, batch_size=96)
+    steps_per_epoch = 24 * 24 // 96
+    esgd = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path)
+    factors = [esgd.scheduler.lr_lambdas[0](k) for k in (0, steps_per_epoch, 2 * steps_per_epoch)]
+    assert factors == pytest.approx([1.0, 1 / 2, 1 / 3])  # halved after one epoch, a third after two
+    adam = build_run(task, settings, "adam", task.build_model().state_dict(), tmp_path)
+    assert adam.scheduler.lr_lambdas[0](2 * steps_per_epoch) == 1.0  # constant

@@ -16,11 +16,9 @@ from nf_precond_plugin.tasks.cli_support import parse_optimizer_args
 
 def test_values_take_the_type_of_the_constructor_default():
     parsed = parse_optimizer_args(
-        ["clip=1e-3", "betas=0.8,0.95", "lr_decay_steps=0", "update-d-every=5", "probe_seed=7"], ["esgd"]
+        ["clip=1e-3", "betas=0.8,0.95", "d_warmup=0", "update-d-every=5", "probe_seed=7"], ["esgd"]
     )
-    assert parsed == {
-        "esgd": {"clip": 1e-3, "betas": (0.8, 0.95), "lr_decay_steps": 0, "update_d_every": 5, "probe_seed": 7}
-    }
+    assert parsed == {"esgd": {"clip": 1e-3, "betas": (0.8, 0.95), "d_warmup": 0, "update_d_every": 5, "probe_seed": 7}}
     assert isinstance(parse_optimizer_args(["clip=1"], ["esgd"])["esgd"]["clip"], float)  # 1 → 1.0
     assert parse_optimizer_args(["esgd-paper:bias_correction=hvp"], ["esgd-paper", "adam"]) == {
         "esgd-paper": {"bias_correction": "hvp"},

@@ -29,7 +29,7 @@ from nf_precond_plugin.curvature.reduction import (
     broadcast_int,
     fill_missing_grads_,
 )
-from nf_precond_plugin.curvature.schedule import inverse_time_lr, is_curvature_step
+from nf_precond_plugin.curvature.schedule import is_curvature_step
 from nf_precond_plugin.curvature.sparsity import (
     SPARSE_FIELD,
     SPARSE_TENSOR,
@@ -52,7 +52,6 @@ __all__ = [
     "HvpSamples",
     "hvp_samples",
     "clip_foreach_",
-    "inverse_time_lr",
     "zero_fraction",
     "MISSING_GRAPH_HINT",
     "decayed_max_",

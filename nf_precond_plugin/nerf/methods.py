@@ -31,9 +31,9 @@ from nf_precond_plugin.nerf.trainer import CurvatureTrainerConfig
 ADAM_LR = 2e-3
 ESGD_PAPER_LR = 0.2
 ADAHESSIAN_LR = 0.2
-# The clipped ESGD: nerfstudio's scheduler decays the lr here (to a tenth over the run), so the
-# optimizer's own inverse-time decay is off; ρ from a fern sweep at CPU scale (README).
-ESGD_CLIPPED = dict(lr_decay_steps=0, clip=1e-3)
+# The clipped ESGD: nerfstudio's scheduler decays the lr (to a tenth over the run); ρ from a fern
+# sweep at CPU scale (benchmarks/README.md).
+ESGD_CLIPPED = dict(clip=1e-3)
 PAPER_ITERATIONS = 200_000
 
 PAPER_SCALE: dict[str, Any] = dict(

@@ -63,8 +63,6 @@ class ESGDOptimizerConfig(_CurvatureOptimizerConfig):
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
     clip: float = _default(ESGD, "clip")
     """ρ: the bound of each preconditioned step before the lr."""
-    lr_decay_steps: int = _default(ESGD, "lr_decay_steps")
-    """T of the optimizer's own decay lr/(1 + (t − 1)/T); 0 leaves decay to the scheduler."""
     sparse_threshold: float = _default(ESGD, "sparse_threshold")
     """Fraction of exactly-zero H·v entries from which a tensor takes Adam-like steps."""
     probe_seed: int | None = _default(ESGD, "probe_seed")
@@ -136,7 +134,7 @@ def with_chosen_rule(config: OptimizerConfig) -> OptimizerConfig:
 
     Fields set away from ``config``'s own defaults carry over where the chosen rule has them
     (a tuned lr, say); the chosen rule's defaults fill in the rest, and fields only the former
-    rule has (clip, lr_decay_steps, sparse_threshold, bias_correction) are dropped. Any other
+    rule has (clip, sparse_threshold, bias_correction) are dropped. Any other
     config is returned as it is.
     """
     own = type(config)

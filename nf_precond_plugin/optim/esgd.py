@@ -3,15 +3,14 @@
 With h = H v for a Rademacher v, E[h²] = diag(H²), so √(accumulated h²) estimates D^E.
 t counts steps (from 1), n counts curvature samples, g is the gradient. Three rules, one class each:
 
-``ESGD``, the project's rule: an explicit schedule and a bounded step.
+``ESGD``, the project's rule: a bounded step, whose lr schedule is the run's (``training.schedules``).
     m ← β₁ m + (1 − β₁) g                      every step
     D ← β₂ D + (1 − β₂) h²                     on curvature steps (β₂ per sample), D̂ = D / (1 − β₂ⁿ)
-    lr_t = lr / (1 + (t − 1) / T)              inverse-time decay (T = lr_decay_steps; 0: constant)
     u = clip(m̂ / (√D̂ + ε), −ρ, ρ)             m̂ = m / (1 − β₁ᵗ); Sophia's per-coordinate clip
     where a tensor's latest H·v has ≥ ``sparse_threshold`` exact zeros (ReLU fields):
     u = ρ · clip(m̂ / (√v̂ + 1e-8), −1, 1)     v̂ Adam's debiased EMA of g² (β = 0.999)
-    θ ← θ (1 − lr_t·wd);  θ ← θ − lr_t · u
-Every step is bounded by lr_t·ρ per coordinate. The debiasing counts samples, not steps, and the
+    θ ← θ (1 − lr·wd);  θ ← θ − lr · u
+Every step is bounded by lr·ρ per coordinate. The debiasing counts samples, not steps, and the
 per-sample β₂ is short, so D follows the curvature instead of freezing at its warm-up values.
 
 ``PaperESGD``, the paper's ESGD:
@@ -41,7 +40,6 @@ from nf_precond_plugin.curvature import (
     decayed_max_foreach_,
     ema_debias,
     ema_foreach_,
-    inverse_time_lr,
     zero_fraction,
 )
 from nf_precond_plugin.optim.base import PAPER_LR, CurvatureOptimizer, check_choice, validate_common
@@ -70,7 +68,6 @@ def clipped_esgd(
     eps: float,
     weight_decay: float,
     clip: float,
-    lr_decay_steps: int | None,
     sparse_threshold: float,
 ) -> None:
     """The project's ESGD update, in place; ``samples`` are h² on curvature steps, else None."""
@@ -109,10 +106,9 @@ def clipped_esgd(
         for i, fallback in zip(sparse, adam_like):
             updates[i] = fallback
 
-    lr_t = inverse_time_lr(lr, step, lr_decay_steps)
     if weight_decay:
-        torch._foreach_mul_(params, 1.0 - lr_t * weight_decay)
-    torch._foreach_add_(params, updates, alpha=-lr_t)
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_add_(params, updates, alpha=-lr)
 
 
 def paper_esgd(
@@ -196,14 +192,12 @@ _COMMON_ARGS = """
 
 
 class ESGD(CurvatureOptimizer):
-    """The project's ESGD: equilibration-preconditioned momentum with a bounded step, an explicit
-    inverse-time lr and Adam's normalised step on sparse-curvature tensors (module docstring).
+    """The project's ESGD: equilibration-preconditioned momentum with a bounded step and Adam's
+    normalised step on sparse-curvature tensors (module docstring). Its lr follows the run's
+    schedule (the standalone runs default to inverse-time decay over one epoch for it).
 
     Args:{common}
         clip: ρ, the bound of every preconditioned step before the lr.
-        lr_decay_steps: T of the inverse-time decay lr / (1 + (t − 1)/T); 0 keeps lr constant. The
-            default is one epoch of the paper's 256² image at batch 512; ``build_optimizer`` (and so
-            every standalone run) sets it to one epoch of the run's own task.
         sparse_threshold: a tensor whose latest H·v has at least this fraction of exact zeros
             takes Adam's normalised step, scaled to ρ.
     """
@@ -221,7 +215,6 @@ class ESGD(CurvatureOptimizer):
         update_d_every: int = 20,
         d_warmup: int = 50,
         clip: float = 3e-3,
-        lr_decay_steps: int = 128,
         sparse_threshold: float = SPARSE_TENSOR,
         process_group: dist.ProcessGroup | None = None,
         probe_seed: int | None = None,
@@ -229,10 +222,6 @@ class ESGD(CurvatureOptimizer):
         validate_common(lr, betas, eps, weight_decay, update_d_every, d_warmup)
         if not (clip > 0):
             raise ValueError(f"Invalid clip: {clip} (expected clip > 0)")
-        if isinstance(lr_decay_steps, bool) or not (isinstance(lr_decay_steps, int) and lr_decay_steps >= 0):
-            raise ValueError(
-                f"Invalid lr_decay_steps: {lr_decay_steps!r} (expected an integer >= 0; 0 keeps lr constant)"
-            )
         if not 0.0 < sparse_threshold <= 1.0:
             raise ValueError(f"Invalid sparse_threshold: {sparse_threshold} (expected 0 < threshold <= 1)")
         defaults = dict(
@@ -243,7 +232,6 @@ class ESGD(CurvatureOptimizer):
             update_d_every=update_d_every,
             d_warmup=d_warmup,
             clip=clip,
-            lr_decay_steps=lr_decay_steps,
             sparse_threshold=sparse_threshold,
         )
         super().__init__(params, defaults, process_group=process_group, probe_seed=probe_seed)
@@ -259,7 +247,6 @@ class ESGD(CurvatureOptimizer):
         return {
             **super()._kernel_options(group),
             "clip": group["clip"],
-            "lr_decay_steps": group["lr_decay_steps"] or None,
             "sparse_threshold": group["sparse_threshold"],
         }
 

@@ -73,9 +73,8 @@ class OptimizerSpec:
     """The paper's lr for (smooth, ReLU(-PE)) fields; None where the paper gives none."""
     single_process: str | None = None
     """Why it cannot train data-parallel (its statistics are per process), or None if it can."""
-    epoch_steps_args: tuple[str, ...] = ()
-    """Constructor arguments counted in steps whose meaning is one epoch: ``build_optimizer`` sets
-    them to the run's steps per epoch when it knows them (and no override is given)."""
+    schedule: str = "constant"
+    """Its default lr schedule in the standalone runs (``training.schedules.SCHEDULES``)."""
 
     def constructor(self) -> type:
         module, name = self.target.split(":")
@@ -108,7 +107,7 @@ _SPECS: dict[str, OptimizerSpec] = {
     "esgd": OptimizerSpec(
         "ESGD, the project's rule (bounded steps, inverse-time lr, sparse-curvature fallback)",
         f"{_ESGD}:ESGD",
-        epoch_steps_args=("lr_decay_steps",),  # T: the lr halves after one epoch
+        schedule="inverse-time",  # the decay it carried inside its update until schedules were the run's
     ),
     "esgd-paper": OptimizerSpec("ESGD, the paper's rule and settings", f"{_ESGD}:PaperESGD", **_CURVATURE_PAPER_LRS),
     "esgd-max": OptimizerSpec(
@@ -177,14 +176,9 @@ def check_data_parallel(name: str) -> None:
         raise ValueError(f"{name} cannot train data-parallel: {reason}; run it in one process")
 
 
-def build_optimizer(
-    name: str, model: nn.Module, lr: float, *, steps_per_epoch: int | None = None, **overrides: Any
-) -> torch.optim.Optimizer:
-    """A fresh optimizer over ``model``'s parameters; ``overrides`` go to its constructor, and
-    ``steps_per_epoch`` to the arguments that count one epoch (``OptimizerSpec.epoch_steps_args``)."""
+def build_optimizer(name: str, model: nn.Module, lr: float, **overrides: Any) -> torch.optim.Optimizer:
+    """A fresh optimizer over ``model``'s parameters; ``overrides`` go to its constructor."""
     spec = optimizer_spec(name)
-    if steps_per_epoch is not None:
-        overrides = {**{arg: max(int(steps_per_epoch), 1) for arg in spec.epoch_steps_args}, **overrides}
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
         raise ValueError(f"invalid lr={lr!r} for optimizer {name!r} (expected a finite learning rate > 0)")
     params = [p for p in model.parameters() if p.requires_grad]

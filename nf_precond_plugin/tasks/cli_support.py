@@ -138,6 +138,111 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None, pro
     return exit_code_of(guarded)
 
 
+RESUME_MAY_CHANGE = ("resume", "device")
+"""Options a resumed run may set differently from its record: where to resume from, and where to
+train (checkpoints hold replicated CPU-loadable state, so a run resumes on any device)."""
+
+
+def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> ConfigT:
+    """The run's options: ``--config FILE`` defaults, then flags; with ``--resume DIR``, the run's
+    own record (DIR/config.yaml), where a flag that contradicts it is refused in one line."""
+    import tyro
+
+    resume = _resume_dir(argv)
+    if resume is None:
+        defaults, argv = config_defaults(config_type, argv)
+        return tyro.cli(config_type, args=argv, default=defaults, prog=prog)
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+        raise UserInputError(f"--config with --resume {resume}: a resumed run takes its options from its own record")
+    record_path = resume / "config.yaml"
+    if not record_path.is_file():
+        raise UserInputError(f"--resume {resume}: no config.yaml there (expected a run directory this program wrote)")
+    try:
+        recorded = yaml.safe_load(record_path.read_text())
+        recorded_config = _config_from_record(config_type, recorded, record_path)
+    except yaml.YAMLError as error:
+        raise UserInputError(
+            f"--resume {resume}: {record_path} is not valid YAML ({error.__class__.__name__})"
+        ) from None
+    config = tyro.cli(config_type, args=argv, default=recorded_config, prog=prog)
+    for item in dataclasses.fields(config_type):
+        if item.name in RESUME_MAY_CHANGE:
+            continue
+        given, kept = _plain_value(getattr(config, item.name)), _plain_value(getattr(recorded_config, item.name))
+        if given != kept:
+            flag = "--" + item.name.replace("_", "-")
+            raise UserInputError(
+                f"{flag} {given}: this run was started with {flag} {kept} ({record_path}); "
+                f"resume it without {flag}, or start a new run"
+            )
+    return config
+
+
+def _resume_dir(argv: list[str]) -> Path | None:
+    for index, arg in enumerate(argv):
+        if arg == "--resume" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if arg.startswith("--resume="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(item) for item in value]
+    return value
+
+
+def _config_from_record(config_type: type[ConfigT], recorded: Any, record_path: Path) -> ConfigT:
+    """The dataclass a run recorded in its config.yaml (paths and tuples restored)."""
+    fields = {item.name: item for item in dataclasses.fields(config_type)}
+    if not isinstance(recorded, dict) or not set(recorded) <= set(fields):
+        unknown = sorted(set(recorded) - set(fields)) if isinstance(recorded, dict) else []
+        raise UserInputError(
+            f"--resume: {record_path} is not a record of this program's options"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    values = {}
+    for name, value in recorded.items():
+        kind = str(fields[name].type)
+        if value is not None and "Path" in kind:
+            value = Path(value)
+        elif isinstance(value, list) and "tuple" in kind:
+            value = tuple(value)
+        values[name] = value
+    return config_type(**values)
+
+
+def parse_schedule(config: Any, names: list[str]) -> dict[str, Any]:
+    """``--schedule`` and its options as a ``ScheduleChoice`` for every optimizer of the run (none
+    given: each optimizer's default), with one-line errors naming the option."""
+    from nf_precond_plugin.training.schedules import SCHEDULES, ScheduleChoice
+
+    if config.schedule is not None and config.schedule not in SCHEDULES:
+        raise UserInputError(f"--schedule {config.schedule}: expected one of {', '.join(SCHEDULES)}")
+    if not config.warmup_epochs >= 0:
+        raise UserInputError(f"--warmup-epochs {config.warmup_epochs}: expected a number of epochs >= 0")
+    if config.warmup_epochs > config.epochs:
+        raise UserInputError(f"--warmup-epochs {config.warmup_epochs}: longer than the run ({config.epochs} epochs)")
+    if not config.decay_epochs > 0:
+        raise UserInputError(f"--decay-epochs {config.decay_epochs}: expected a number of epochs > 0")
+    if not 0 < config.decay_end <= 1:
+        raise UserInputError(f"--decay-end {config.decay_end}: expected a fraction of the initial lr in (0, 1]")
+    from nf_precond_plugin.optim.factory import optimizer_spec
+
+    return {
+        name: ScheduleChoice(
+            config.schedule or optimizer_spec(name).schedule,
+            warmup_epochs=config.warmup_epochs,
+            decay_epochs=config.decay_epochs,
+            end_fraction=config.decay_end,
+        )
+        for name in names
+    }
+
+
 def check_optimizers_build(
     task: Any, names: list[str], rates: dict[str, float], optimizer_args: dict[str, dict[str, Any]]
 ) -> None:
@@ -160,22 +265,22 @@ def standalone_main(
 ) -> dict[str, Any]:
     """Parse (YAML defaults, then flags), build the task and run it with every requested optimizer."""
     import torch
-    import tyro
     from rich.console import Console
     from rich.table import Table
 
+    from nf_precond_plugin.commands import printed_command
     from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr
     from nf_precond_plugin.runtime import configure_entry_point
     from nf_precond_plugin.training import RunSettings, run_task
     from nf_precond_plugin.training.distributed import join_process_group, leave_process_group, training_device
 
-    defaults, argv = config_defaults(config_type, argv)
-    config = tyro.cli(config_type, args=argv, default=defaults, prog=prog)
+    config = parse_config(config_type, argv, prog)
     configure_entry_point()
     option = "--compare" if config.compare else "--optimizer"
     names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
     optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
+    schedules = parse_schedule(config, names)
     task = task_factory(config)
     check_optimizers_build(task, names, rates, optimizer_args)
     settings = RunSettings(
@@ -187,7 +292,9 @@ def standalone_main(
         seed=config.seed,
         output_dir=config.output_dir,
         resume=config.resume,
+        resume_command=lambda run_dir: printed_command("python", sys.argv[0], "--resume", run_dir),
         optimizer_args=optimizer_args,
+        schedules=schedules,
         config=dataclasses.asdict(config),
         device=str(training_device(config.device)),
     )

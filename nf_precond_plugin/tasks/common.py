@@ -22,6 +22,15 @@ class FitConfig:
     (overrides --optimizer)."""
     lr: float | None = None
     """Learning rate; default: each optimizer's default for the activation (the paper's where it gives one)."""
+    schedule: str | None = None
+    """The lr schedule: constant, inverse-time, exponential, cosine or schedule-free; default: each
+    optimizer's own (esgd: inverse-time, the rest: constant)."""
+    warmup_epochs: float = 0.0
+    """Linear lr warm-up over this many epochs (any schedule)."""
+    decay_epochs: float = 1.0
+    """inverse-time: the lr halves after this many epochs."""
+    decay_end: float = 0.1
+    """exponential and cosine: the last step's lr ÷ the initial lr."""
     optimizer_arg: tuple[str, ...] = ()
     """Constructor arguments, as [OPTIMIZER:]NAME=VALUE (Python literals), e.g. clip=1e-3 or
     esgd:betas=0.8,0.95; without OPTIMIZER:, for every optimizer run. See each optimizer's signature."""

@@ -3,9 +3,9 @@
 A task defines only its data (one epoch of (x, y) pairs), its model and its metric; the runner
 owns everything else: the training step (``training.step.training_step``), timing of the optimizer
 step and of the whole step, evaluation every k epochs, a rich progress bar with the live metric,
-checkpoints and resume, and the run directory:
+checkpoints and resume (``training.run_checkpoints``), and the run directory (``training.reports``):
 
-    config.yaml, metrics.csv, convergence.png, <task exports per optimizer>, summary.json (last)
+    config.yaml, metrics.csv, convergence.png, <task exports per optimizer>, checkpoints/, summary.json (last)
 
 Several optimizers can be compared in one run: each starts from the same initial weights and
 sees the same minibatches (each epoch's order is drawn from a generator seeded by (seed, epoch)).
@@ -20,9 +20,6 @@ run started on N processes resumes on any number.
 from __future__ import annotations
 
 import copy
-import csv
-import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,24 +27,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import yaml
 
 from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_
-from nf_precond_plugin.errors import TrainingDiverged, UserInputError
-from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel
+from nf_precond_plugin.errors import RunInterrupted, TrainingDiverged, UserInputError
+from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel, optimizer_spec
+from nf_precond_plugin.optim.schedule_free import ScheduleFree
 from nf_precond_plugin.rundir import new_run_dir
 from nf_precond_plugin.training.distributed import Ranks, current_ranks, from_main, local_shard, peers_watched
+from nf_precond_plugin.training.reports import (
+    optimizer_result,
+    short_summary,
+    write_config,
+    write_metrics,
+    write_reports,
+)
+from nf_precond_plugin.training.run_checkpoints import resume_run, save_checkpoint
+from nf_precond_plugin.training.schedules import AveragesWeights, ScheduleChoice, lr_scheduler
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-METRIC_FIELDS = ["optimizer", "epoch", "step", "wall_seconds", "optimizer_step_seconds", "loss"]
-
 
 class Task(Protocol):
     name: str
     metric: str  # the headline metric key returned by evaluate(), higher is better
+    samples_per_epoch: int  # what epoch_data returns: an epoch is samples_per_epoch // batch_size steps
 
     def build_model(self) -> torch.nn.Module: ...
 
@@ -67,7 +72,8 @@ class Task(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where the data came from and what was chosen, for summary.json."""
 
-    # Optional: ``optimizer_overrides(name) -> dict`` of constructor arguments for that optimizer.
+    # Optional: ``optimizer_overrides(name) -> dict`` of constructor arguments for that optimizer
+    # (``RunSettings.optimizer_args`` override them).
 
 
 @dataclass
@@ -84,6 +90,13 @@ class RunSettings:
     progress: bool = True
     device: str = "cpu"
     """The model and each minibatch live here; tasks keep their data on the CPU."""
+    resume_command: Callable[[Path], str] | None = None
+    """The shell line that resumes a run directory (printed when the run is interrupted)."""
+    schedules: dict[str, ScheduleChoice] = field(default_factory=dict)
+    """The lr schedule per optimizer name; absent: the optimizer's default (the registry's)."""
+    optimizer_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Constructor arguments per optimizer name, from the CLI's --optimizer-arg; they override the
+    task's ``optimizer_overrides``."""
 
 
 def _validate(settings: RunSettings) -> None:
@@ -117,58 +130,38 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
 
     console = Console(stderr=True)
     _validate(settings)
+    if settings.batch_size > task.samples_per_epoch:
+        raise UserInputError(
+            f"--batch-size {settings.batch_size}: larger than an epoch ({task.samples_per_epoch} samples); "
+            f"expected at most {task.samples_per_epoch}"
+        )
     ranks = current_ranks()
     run_dir = _shared_run_dir(task, settings, ranks)
-    if ranks.is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(settings.config), sort_keys=False))
+    if ranks.is_main and settings.resume is None:  # a resumed run keeps the record it was started with
+        write_config(run_dir, settings.config)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
 
     torch.manual_seed(settings.seed)
     initial_state = copy.deepcopy(task.build_model().state_dict())
     histories: dict[str, list[dict[str, Any]]] = {}
     results: dict[str, dict[str, Any]] = {}
-    for name in settings.optimizers:
+    try:
+        for name in settings.optimizers:
 
-        def write_progress(history: list[dict[str, Any]], name: str = name) -> None:
-            _write_metrics(run_dir / "metrics.csv", {**histories, name: history}, task.metric)
+            def write_progress(history: list[dict[str, Any]], name: str = name) -> None:
+                write_metrics(run_dir / "metrics.csv", {**histories, name: history}, task.metric)
 
-        histories[name], results[name] = _train_one(
-            task, settings, name, initial_state, run_dir, console, write_progress
-        )
-    summary = {
-        "task": task.name,
-        "metric": task.metric,
-        "optimizers": {name: results[name] for name in settings.optimizers},
-        "run_dir": str(run_dir),
-    }
+            histories[name], results[name] = _train_one(
+                task, settings, name, initial_state, run_dir, console, write_progress
+            )
+    except KeyboardInterrupt:
+        kept = sorted(path.name for path in (run_dir / "checkpoints").glob("*.pt"))
+        where = f"kept {run_dir} (checkpoints: {', '.join(kept)})" if kept else f"{run_dir} has no checkpoint yet"
+        how = settings.resume_command(run_dir) if settings.resume_command else f"--resume {run_dir}"
+        raise RunInterrupted(f"{where}; resume with: {how}") from None
     if not ranks.is_main:
-        return summary
-    _write_metrics(run_dir / "metrics.csv", histories, task.metric)
-
-    from nf_precond_plugin.training.plots import convergence_plot
-
-    plot = convergence_plot(
-        histories, task.metric, run_dir / "convergence.png", title=f"{task.name}: {task.describe().get('source', '')}"
-    )
-    summary = {
-        **summary,
-        "data": task.describe(),
-        "config": _plain(settings.config),
-        "seed": settings.seed,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "processes": ranks.world_size,
-        },
-        "files": {"metrics": "metrics.csv", "plot": plot.name},
-        "run_dir": str(run_dir),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))  # last: marks the run complete
-    return summary
+        return short_summary(task, settings, results, run_dir)
+    return write_reports(task, settings, histories, results, run_dir, ranks)
 
 
 def _shared_run_dir(task: Task, settings: RunSettings, ranks: Ranks) -> Path:
@@ -214,52 +207,38 @@ class OptimizerRun:
     wall_seconds: float = 0.0
     optimizer_step_seconds: float = 0.0
     last_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    schedule: ScheduleChoice | None = None
+
+
+def schedule_of(settings: RunSettings, name: str) -> ScheduleChoice:
+    """The run's schedule for optimizer ``name``: the one asked for, else the registry's default."""
+    return settings.schedules.get(name) or ScheduleChoice(optimizer_spec(name).schedule)
 
 
 def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict, run_dir: Path) -> OptimizerRun:
-    """A model at the shared initial weights and a fresh optimizer over it."""
+    """A model at the shared initial weights, a fresh optimizer over it, and its lr schedule
+    (a schedule-free one wraps the optimizer in ``ScheduleFree`` unless it averages by itself)."""
     model = task.build_model().to(settings.device)
     model.load_state_dict(initial_state)
-    overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
+    task_overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
+    overrides = {**task_overrides, **settings.optimizer_args.get(name, {})}
     optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
-    return OptimizerRun(name, model, optimizer, run_dir / "checkpoints" / f"{name}.pt")
-
-
-def resume_run(run: OptimizerRun) -> bool:
-    """Restore ``run`` from its checkpoint if there is one; whether it did."""
-    if not run.checkpoint_path.exists():
-        return False
-    checkpoint = torch.load(run.checkpoint_path, map_location="cpu", weights_only=False)
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    run.history, run.epoch, run.step = checkpoint["history"], checkpoint["epoch"], checkpoint["step"]
-    run.wall_seconds, run.optimizer_step_seconds = checkpoint["wall_seconds"], checkpoint["optimizer_step_seconds"]
-    return True
-
-
-def save_checkpoint(run: OptimizerRun) -> None:
-    """Write the checkpoint through a temporary file, so that a crash never leaves half of one."""
-    partial = run.checkpoint_path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "history": run.history,
-            "epoch": run.epoch,
-            "step": run.step,
-            "wall_seconds": run.wall_seconds,
-            "optimizer_step_seconds": run.optimizer_step_seconds,
-        },
-        partial,
-    )
-    partial.replace(run.checkpoint_path)
+    choice = schedule_of(settings, name)
+    schedule = choice.in_steps(task.samples_per_epoch // settings.batch_size, settings.epochs)
+    if schedule.averages_weights and not isinstance(optimizer, AveragesWeights):
+        optimizer = ScheduleFree(optimizer)
+    run = OptimizerRun(name, model, optimizer, run_dir / "checkpoints" / f"{name}.pt", schedule=choice)
+    run.scheduler = lr_scheduler(optimizer, schedule)
+    return run
 
 
 def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[str, Any]:
     """One epoch of minibatch steps (the data order is seeded by (seed, epoch)); returns its metrics row."""
     ranks = current_ranks()
+    averaging = isinstance(run.optimizer, AveragesWeights)
+    if averaging:
+        run.optimizer.train()  # the training point; epochs end (and checkpoints hold) the average
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + run.epoch)
     inputs, targets = task.epoch_data(run.epoch, generator)
     epoch_loss, batches = 0.0, 0
@@ -280,6 +259,8 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
                 f"{run.name}: {error} at epoch {run.epoch + 1}, step {run.step}; "
                 f"the last good checkpoint is kept at {kept}"
             ) from None
+        if run.scheduler is not None:
+            run.scheduler.step()
         run.wall_seconds += time.perf_counter() - started
         run.optimizer_step_seconds += result.optimizer_seconds
         epoch_loss += float(result.loss)
@@ -289,6 +270,8 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
     if batches == 0:
         raise UserInputError(f"--batch-size {settings.batch_size} is larger than an epoch ({inputs.shape[0]} samples)")
     run.epoch += 1
+    if averaging:
+        run.optimizer.eval()  # evaluation, the checkpoint and the exports see the averaged weights
     epoch_loss /= batches
     if ranks.world_size > 1:  # the global batch's loss, not rank 0's shard's
         mean = torch.tensor([epoch_loss], dtype=torch.float64, device=settings.device)
@@ -301,6 +284,7 @@ def train_epoch(task: Task, settings: RunSettings, run: OptimizerRun) -> dict[st
         "wall_seconds": run.wall_seconds,
         "optimizer_step_seconds": run.optimizer_step_seconds,
         "loss": epoch_loss,
+        "lr": float(run.optimizer.param_groups[0]["lr"]),  # for the next epoch's first step
     }
     if ranks.is_main and (run.epoch % settings.eval_every == 0 or run.epoch == settings.epochs):
         run.model.eval()
@@ -337,7 +321,7 @@ def _train_one(
     with Progress(*columns, console=console, disable=not (settings.progress and main), transient=False) as progress:
         bar = progress.add_task(f"{task.name} · {name}", total=settings.epochs, completed=run.epoch, status="")
         while run.epoch < settings.epochs:
-            kept = f"resume with --resume {run_dir}"
+            kept = f"resume with: {settings.resume_command(run_dir) if settings.resume_command else run_dir}"
             with peers_watched(current_ranks(), kept):
                 row = train_epoch(task, settings, run)
             run.history.append(row)
@@ -348,38 +332,5 @@ def _train_one(
             status = f"loss {row['loss']:.4g}" + (f"  {task.metric} {metric:.3f}" if metric is not None else "")
             progress.update(bar, advance=1, status=status)
 
-    evaluated = [row for row in run.history if task.metric in row]
-    final = evaluated[-1] if evaluated else {}
     exports = task.export(run.model, run_dir, name) if main else []
-    result = {
-        "lr": settings.learning_rates[name],
-        "final": {k: v for k, v in final.items() if k != "optimizer"},
-        "best": max((row[task.metric] for row in evaluated), default=None),
-        "steps": run.step,
-        "wall_seconds": run.wall_seconds,
-        "optimizer_step_seconds": run.optimizer_step_seconds,
-        "seconds_per_step": run.wall_seconds / max(run.step, 1),
-        "exports": [p.name for p in exports],
-        "checkpoint": str(run.checkpoint_path.relative_to(run_dir)),
-    }
-    return run.history, result
-
-
-def _write_metrics(path: Path, histories: dict[str, list[dict[str, Any]]], metric: str) -> None:
-    extra = sorted({key for rows in histories.values() for row in rows for key in row} - set(METRIC_FIELDS) - {metric})
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS + [metric] + extra)
-        writer.writeheader()
-        for rows in histories.values():
-            writer.writerows(rows)
-
-
-def _plain(value: Any) -> Any:
-    """YAML/JSON-safe copy: paths become strings, tuples lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return run.history, optimizer_result(task, settings, run, exports, run_dir)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 
@@ -78,3 +78,35 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> torch.
     """torch's LambdaLR over ``optimizer`` following ``schedule``; call its ``step()`` after each
     ``optimizer.step()``. Its ``state_dict()`` holds the step count, so a run resumes on schedule."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+
+
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """A schedule as a user states it, in epochs (``--schedule``, ``--warmup-epochs``,
+    ``--decay-epochs``, ``--decay-end``); ``in_steps`` turns it into a run's ``Schedule``."""
+
+    name: ScheduleName
+    warmup_epochs: float = 0.0
+    decay_epochs: float = 1.0
+    """T of inverse-time decay, in epochs."""
+    end_fraction: float = 0.1
+    """ρ of exponential and cosine decay."""
+
+    def in_steps(self, steps_per_epoch: int, epochs: int) -> Schedule:
+        return Schedule(
+            self.name,
+            total_steps=max(steps_per_epoch * epochs, 1),
+            warmup_steps=round(self.warmup_epochs * steps_per_epoch),
+            decay_steps=max(round(self.decay_epochs * steps_per_epoch), 1),
+            end_fraction=self.end_fraction,
+        )
+
+
+@runtime_checkable
+class AveragesWeights(Protocol):
+    """An optimizer that trains at one point and evaluates at an average (schedule-free):
+    ``eval()`` before evaluating, checkpointing or exporting, ``train()`` before training."""
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...

@@ -64,7 +64,7 @@ def test_each_esgd_config_names_its_own_rule(rule):
 
 def test_switching_rule_keeps_what_was_set_and_takes_the_other_rules_defaults():
     """gaussian-esgd with --optimizers.fields.optimizer.rule paper: the paper's defaults, the user's d_warmup."""
-    clipped = ESGDOptimizerConfig(clip=1e-3, lr_decay_steps=0, d_warmup=7)
+    clipped = ESGDOptimizerConfig(clip=1e-3, sparse_threshold=0.3, d_warmup=7)
     clipped.rule = "paper"  # as tyro sets it from the command line, after the method built the config
     paper = with_chosen_rule(clipped)
     assert type(paper) is PaperESGDOptimizerConfig
