@@ -26,8 +26,8 @@ from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerC
 from nerfstudio.utils import profiler
 from nerfstudio.utils.decorators import check_main_thread
 
+from nf_precond_plugin.checkpoints import keep_only, save_atomically
 from nf_precond_plugin.errors import TrainingDiverged, reported_as_one_line
-from nf_precond_plugin.nerf.checkpoints import keep_only, save_atomically
 from nf_precond_plugin.nerf.convergence import ConvergenceLog
 from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig
 from nf_precond_plugin.nerf.trainer_policy import accumulation_steps, check_launchable, check_supported
