@@ -53,7 +53,7 @@ class Entry:
         return self.label or f"{self.optimizer}/{self.schedule}"
 
 
-ADAM_LRS = (3e-4, 1e-3, 3e-3)
+ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # 1e-4 joined after 3e-4 won at the grid's edge (constant, sf-adamw)
 ENTRIES: tuple[Entry, ...] = (
     Entry("adam", "constant", ADAM_LRS),
     Entry("adam", "inverse-time", ADAM_LRS),
@@ -61,8 +61,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("adam", "cosine", ADAM_LRS),
     Entry("sf-adamw", "constant", ADAM_LRS, warmup_fraction=0.02, label="sf-adamw"),
     # the INR paper's Muon recipe: Muon on the hidden weights, Adam 1e-3 on the rest, both cosine
-    Entry("muon", "cosine", (0.005, 0.02, 0.05)),
-    Entry("soap", "cosine", (1e-3, 3e-3, 1e-2)),
+    Entry("muon", "cosine", (0.002, 0.005, 0.02, 0.05)),
+    Entry("soap", "cosine", (3e-4, 1e-3, 3e-3, 1e-2)),
     Entry("kfac", "cosine", (1e-4, 3e-4, 1e-3)),
     Entry("esgd-paper", "constant", (0.05, 0.15, 0.5)),
     Entry("esgd", "inverse-time", (0.5, 1.0, 2.0), label="esgd (default)"),
