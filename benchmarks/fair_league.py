@@ -23,12 +23,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from league import cpu_name  # benchmarks/ is on the path of a script run from it
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "div2k" / "test_data"
@@ -133,16 +134,6 @@ def run_cell(field_name: str, photo: str, entry: Entry, lr: float, seed: int, si
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.machine()} CPU"
 
 
 def load_cells(stage: str, field_name: str) -> list[dict]:

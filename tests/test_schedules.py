@@ -19,17 +19,11 @@ LR = 0.3
 
 def lrs(schedule: Schedule, steps: int = N) -> list[float]:
     """The lr of each of ``steps`` optimizer steps under ``schedule``, as torch applies it."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
-    scheduler = lr_scheduler(optimizer, schedule)
-    seen = []
-    for _ in range(steps):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return seen
+    return torch_lrs(lambda optimizer: lr_scheduler(optimizer, schedule), steps)
 
 
 def torch_lrs(make, steps: int = N) -> list[float]:
+    """The lr of each of ``steps`` optimizer steps under the scheduler ``make(optimizer)`` builds."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     scheduler = make(optimizer)
     seen = []
