@@ -18,7 +18,7 @@ import yaml
 
 if TYPE_CHECKING:
     from nf_precond_plugin.training.distributed import Ranks
-    from nf_precond_plugin.training.runner import OptimizerRun, RunSettings, Task
+    from nf_precond_plugin.training.run import OptimizerRun, RunSettings, Task
 
 METRIC_FIELDS = ["optimizer", "epoch", "step", "wall_seconds", "optimizer_step_seconds", "loss"]
 """metrics.csv's first columns; then the task's metric, then any other key of the rows, sorted."""

@@ -17,7 +17,7 @@ from nf_precond_plugin.checkpoints import load_checkpoint, save_atomically
 from nf_precond_plugin.errors import UserInputError
 
 if TYPE_CHECKING:
-    from nf_precond_plugin.training.runner import OptimizerRun
+    from nf_precond_plugin.training.run import OptimizerRun
 
 
 def save_checkpoint(run: OptimizerRun) -> None:
