@@ -31,7 +31,9 @@ def test_a_gaussian_and_a_relu_pe_field_on_the_same_image_get_different_advice()
     gaussian = run_advise(AdviseCommand(task=AdviseImage(activation="gaussian", **SMALL)))
     relu_pe = run_advise(AdviseCommand(task=AdviseImage(activation="relu-pe", **SMALL)))
     assert gaussian["hvp_zero_fraction"] < SPARSE_FIELD <= relu_pe["hvp_zero_fraction"]
-    assert (gaussian["recommended"], relu_pe["recommended"]) == ("esgd", "adam")
+    # the fair league's winners: a curvature optimizer where H·v is dense, Muon where it is sparse
+    assert (gaussian["recommended"], relu_pe["recommended"]) == ("esgd", "muon")
+    assert (gaussian["schedule"], relu_pe["schedule"]) == ("inverse-time", "cosine")
     for advice in (gaussian, relu_pe):
         assert f"{advice['lr']:g}" in advice["probe"][advice["recommended"]]  # a probed lr, not a made-up one
 
@@ -49,7 +51,10 @@ def test_json_has_the_recommendation_and_the_measurements(tmp_path):
     result = _cli("advise", "image", "--activation", "sine", *small, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     advice = json.loads(result.stdout)
-    assert advice["recommended"] in ("esgd", "adam") and advice["lr"] > 0
+    assert advice["recommended"] in ("esgd", "muon") and advice["lr"] > 0
+    from nf_precond_plugin.training.schedules import SCHEDULES
+
+    assert advice["schedule"] in SCHEDULES  # a value --schedule accepts, to paste into standalone/image.py
     assert {"hvp_zero_fraction", "curvature_spread_log10", "probe"} <= set(advice)
 
 

@@ -97,19 +97,24 @@ SPARSE = {"hvp_zero_fraction": SPARSE_FIELD, "curvature_spread_log10": 3.0}
 def test_one_recommend_applies_the_tie_rule_to_fields_and_nerfs():
     assert PROBE_TIE == 0.05  # the values below sit on either side of 5 %
     # field: both optimizers probe their lr; 1.04 is tied with the best 1.0, 1.06 is not
-    field = {"esgd": {"0.5": 1.06, "1": 1.04, "2": 1.0}, "adam": {"0.0003": None, "0.001": 2.08, "0.003": 2.0}}
-    assert {k: v for k, v in recommend(DENSE, field).items() if k != "reason"} == {"recommended": "esgd", "lr": 1.0}
-    assert {k: v for k, v in recommend(SPARSE, field).items() if k != "reason"} == {"recommended": "adam", "lr": 1e-3}
+    field = {"esgd": {"0.5": 1.06, "1": 1.04, "2": 1.0}, "muon": {"0.002": None, "0.005": 2.08, "0.02": 2.0}}
+    assert {k: v for k, v in recommend(DENSE, field).items() if k != "reason"} == {
+        "recommended": "esgd", "lr": 1.0, "schedule": "inverse-time"
+    }  # fmt: skip
+    assert {k: v for k, v in recommend(SPARSE, field).items() if k != "reason"} == {
+        "recommended": "muon", "lr": 0.005, "schedule": "cosine"
+    }  # fmt: skip
     # NeRF: ESGD probes its clip, Adam its lr
     knobs = {"esgd": "clip", "adam": "lr"}
     nerf = {"esgd": {"0.001": 0.0102, "0.003": 0.0100}, "adam": {"0.001": 0.0200, "0.002": 0.0195}}
-    dense = recommend(DENSE, nerf, knobs)
+    nerf_choices = {"dense": "esgd", "sparse": "adam"}
+    dense = recommend(DENSE, nerf, knobs, nerf_choices)
     assert (dense["recommended"], dense["clip"]) == ("esgd", 1e-3) and "lr" not in dense
-    sparse = recommend(SPARSE, nerf, knobs)
+    sparse = recommend(SPARSE, nerf, knobs, nerf_choices)
     assert (sparse["recommended"], sparse["lr"]) == ("adam", 1e-3) and "clip" not in sparse
     # outside the margin the best value wins
     nerf["esgd"]["0.001"] = 0.0106
-    assert recommend(DENSE, nerf, knobs)["clip"] == 3e-3
+    assert recommend(DENSE, nerf, knobs, nerf_choices)["clip"] == 3e-3
 
 
 def test_recommend_refuses_when_every_probe_diverged():

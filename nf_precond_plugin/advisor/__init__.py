@@ -8,15 +8,15 @@ Three measurements, in seconds on two CPU cores:
 2. **Curvature spread.** log₁₀ of the ratio of the 90th to the 10th percentile of the
    equilibration estimate √(mean h²) over the parameter entries: how unequal the coordinates'
    curvatures are, i.e. how much a diagonal preconditioner can change.
-3. **A short lr probe.** Each candidate (the clipped ESGD and Adam, each at three lrs) trains the
-   same number of steps from the same initial weights on the same minibatches; the score is the
-   mean loss of the last few steps.
+3. **A short lr probe.** Each candidate (the project's ESGD and Muon, each at its probe lrs)
+   trains the same number of steps from the same initial weights on the same minibatches; the
+   score is the mean loss of the last few steps.
 
 Recommendation: dense H·v → ``esgd`` at its best probed lr; sparse H·v (at least
-``SPARSE_FIELD`` of the entries exactly zero) → ``adam`` at its best probed lr, since a
-curvature estimate that is zero on most coordinates has nothing to precondition with (the paper's
-§4.3; the clipped ESGD protects such tensors, but does not beat Adam there). The numbers behind
-the choice are printed (or returned with ``--json``).
+``SPARSE_FIELD`` of the entries exactly zero) → ``muon``, since a curvature estimate that is zero
+on most coordinates has nothing to precondition with (the paper's §4.3), and Muon's orthogonalised
+steps are the fair league's best there. The advice names the schedule (``--schedule``) with the
+lr. The numbers behind the choice are printed (or returned with ``--json``).
 
 Here: the commands and the output. ``fields`` probes an image or occupancy field, ``nerf`` a NeRF
 scene (nerfstudio, imported on use); ``recommend`` holds what both share, the curvature
@@ -143,6 +143,8 @@ def show_advice(advice: dict[str, Any], print_json: bool) -> None:
     console.print(table)
     console.print(f"H·v zero fraction: {advice['hvp_zero_fraction']:.3f}")
     console.print(f"curvature spread (log10 p90/p10 of √E[(Hv)²]): {advice['curvature_spread_log10']:.2f}")
-    suggestion = advice.get("command") or f"--optimizer {advice['recommended']} --lr {advice['lr']:g}"
+    suggestion = advice.get("command") or (
+        f"--optimizer {advice['recommended']} --lr {advice['lr']:g} --schedule {advice['schedule']}"
+    )
     console.print(f"[bold]recommended: {suggestion}[/bold]")
     console.print(f"why: {advice['reason']}  ({advice['seconds']:.0f} s)")

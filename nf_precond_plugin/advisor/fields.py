@@ -1,6 +1,6 @@
 """The image and occupancy probe: a few Adam steps, the curvature measurements, then a short lr probe.
 
-Each candidate (the clipped ESGD and Adam, each at three lrs) trains the same number of steps from
+Each candidate (the project's ESGD and Muon, each at its probe lrs) trains the same number of steps from
 the same initial weights on the same minibatches; the score is the mean loss of the last quarter.
 """
 
@@ -21,7 +21,9 @@ from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 if TYPE_CHECKING:
     from nf_precond_plugin.advisor import AdviseImage, AdviseOccupancy
 
-PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "adam": (3e-4, 1e-3, 3e-3)}
+PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02)}
+"""The lrs each candidate of ``recommend.FIELD_CHOICES`` is probed at (Muon's: the fair league's
+best on smooth and on ReLU-PE fields)."""
 WARM_STEPS = 20
 """Adam steps (lr 1e-3) before the H·v density is measured."""
 

@@ -1,8 +1,12 @@
 """What the field and the NeRF advisors share: the curvature measurements and the one recommendation.
 
-Dense H·v → ``esgd``; sparse H·v (at least ``SPARSE_FIELD`` of the entries exactly zero) →
-``adam``. Of the chosen optimizer's probed values (its lr, or for the NeRF's ESGD its clip), those
-whose probe loss is within ``PROBE_TIE`` of the best count as tied, and the smallest of them wins.
+Dense H·v → ``esgd``; sparse H·v (at least ``SPARSE_FIELD`` of the entries exactly zero) → the
+sparse field's choice: ``muon`` for image and occupancy fields (Newton–Schulz-orthogonalised
+momentum on the hidden weights, under its cosine schedule: the fair league's winner on ReLU-PE,
+benchmarks/README.md), ``adam`` for a NeRF (the plugin has no Muon method). Of the chosen
+optimizer's probed values (its lr, or for the NeRF's ESGD its clip), those whose probe loss is
+within ``PROBE_TIE`` of the best count as tied, and the smallest of them wins. The advice names
+the schedule too (the optimizer's default in the registry), so that it pastes into a run.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ PROBE_TIE = 0.05
 """Probe losses within this relative margin of the best count as tied."""
 PROBES = 3
 """Rademacher probes of the curvature measurements."""
-LR_KNOBS: dict[str, str] = {"esgd": "lr", "adam": "lr"}
-"""The probed knob of each optimizer, when the probe sweeps the lr of both (the field advisor)."""
+LR_KNOBS: dict[str, str] = {"esgd": "lr", "muon": "lr", "adam": "lr"}
+"""The probed knob of each optimizer, when the probe sweeps the lr (the field advisor)."""
+FIELD_CHOICES: dict[str, str] = {"dense": "esgd", "sparse": "muon"}
+"""The optimizer recommended for an image or occupancy field by its H·v density."""
 
 
 def curvature_measurements(
@@ -54,11 +60,14 @@ def recommend(
     measured: dict[str, float],
     probe: dict[str, dict[str, float | None]],
     knobs: Mapping[str, str] = LR_KNOBS,
+    choices: Mapping[str, str] = FIELD_CHOICES,
 ) -> dict[str, Any]:
-    """``{"recommended": name, knobs[name]: value, "reason": ...}`` from the measurements and the
-    probe's losses (``probe[name][f"{value:g}"]``, None where the run diverged)."""
+    """``{"recommended": name, knobs[name]: value, "schedule": ..., "reason": ...}`` from the
+    measurements and the probe's losses (``probe[name][f"{value:g}"]``, None where it diverged)."""
+    from nf_precond_plugin.optim.factory import optimizer_spec
+
     sparse = measured["hvp_zero_fraction"] >= SPARSE_FIELD
-    name = "adam" if sparse else "esgd"
+    name = choices["sparse" if sparse else "dense"]
     knob = knobs[name]
     finite = {value: loss for value, loss in probe[name].items() if loss is not None and math.isfinite(loss)}
     if not finite:
@@ -68,11 +77,12 @@ def recommend(
     # A short probe favours aggressive values: of those within PROBE_TIE of the best, take the smallest.
     best = min(finite.values())
     chosen = min(float(value) for value, loss in finite.items() if loss <= best * (1 + PROBE_TIE))
+    sparse_choice = "Muon on the hidden weights" if name == "muon" else "Adam"
     reason = (
         f"{measured['hvp_zero_fraction']:.0%} of the H·v entries are exactly zero (sparse curvature): "
-        "a diagonal curvature estimate has nothing to work with on most coordinates, so Adam"
+        f"a diagonal curvature estimate has nothing to work with on most coordinates, so {sparse_choice}"
         if sparse
         else f"H·v is dense ({measured['hvp_zero_fraction']:.1%} zeros) and the curvature spans "
         f"{measured['curvature_spread_log10']:.1f} decades across coordinates: equilibration pays off, so ESGD"
     )
-    return {"recommended": name, knob: chosen, "reason": reason}
+    return {"recommended": name, knob: chosen, "schedule": optimizer_spec(name).schedule, "reason": reason}

@@ -127,17 +127,20 @@ _SPECS: dict[str, OptimizerSpec] = {
         "pytorch_optimizer.SOAP: Adam in Shampoo's eigenbasis, refreshed every 10 steps",
         "pytorch_optimizer:SOAP",
         fixed=dict(weight_decay=0.0),
+        schedule="cosine",
     ),
     "kfac": OptimizerSpec(
         "KFACAdam: K-FAC factors (NNGeometry), then Adam",
         "nf_precond_plugin.optim.kfac:KFACAdam",
         takes_model=True,
+        schedule="cosine",
         single_process="its Kronecker factors come from each process's own activations, so ranks would diverge",
     ),
     "muon": OptimizerSpec(
         "torch.optim.Muon on hidden weights (float32 Newton–Schulz on the CPU), Adam 1e-3 on the rest",
         "nf_precond_plugin.optim.hybrids:MuonAdam",
         takes_model=True,
+        schedule="cosine",  # the INR recipe: Muon and its Adam both cosine
     ),
     "sophiah": OptimizerSpec(
         "pytorch_optimizer.SophiaH: clipped Hutchinson-diagonal steps, H·v every 10 steps",
