@@ -79,3 +79,16 @@ def test_a_refused_value_stops_before_a_run_directory_exists(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "clip" in lines[0] and "expected clip > 0" in lines[0], result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_without_an_optimizer_a_relu_pe_field_trains_with_muon_and_a_gaussian_with_esgd(tmp_path):
+    """The default follows the H·v density of the field, as the advisor's recommendation does."""
+    from nf_precond_plugin.advisor.recommend import FIELD_CHOICES
+
+    for activation, expected in (("relu-pe", FIELD_CHOICES["sparse"]), ("gaussian", FIELD_CHOICES["dense"])):
+        result = image_cli(
+            *SMALL, "--epochs", "1", "--activation", activation, "--output-dir", activation, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        assert [p.stem for p in (only_run_dir(tmp_path / activation) / "checkpoints").glob("*.pt")] == [expected]
+    assert FIELD_CHOICES == {"dense": "esgd", "sparse": "muon"}

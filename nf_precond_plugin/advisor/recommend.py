@@ -19,6 +19,7 @@ import torch
 
 from nf_precond_plugin.curvature import SPARSE_FIELD, hvp_samples, zero_fraction
 from nf_precond_plugin.errors import UserInputError
+from nf_precond_plugin.optim.factory import DEFAULT_OPTIMIZER
 
 PROBE_TIE = 0.05
 """Probe losses within this relative margin of the best count as tied."""
@@ -26,8 +27,9 @@ PROBES = 3
 """Rademacher probes of the curvature measurements."""
 LR_KNOBS: dict[str, str] = {"esgd": "lr", "muon": "lr", "adam": "lr"}
 """The probed knob of each optimizer, when the probe sweeps the lr (the field advisor)."""
-FIELD_CHOICES: dict[str, str] = {"dense": "esgd", "sparse": "muon"}
-"""The optimizer recommended for an image or occupancy field by its H·v density."""
+FIELD_CHOICES: dict[str, str] = DEFAULT_OPTIMIZER
+"""The optimizer recommended for an image or occupancy field by its H·v density: the project's
+default for such a field."""
 
 
 def curvature_measurements(

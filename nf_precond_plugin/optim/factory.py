@@ -152,6 +152,16 @@ if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
     raise AssertionError("the optimizer registry and OptimizerName disagree")
 
 
+DEFAULT_OPTIMIZER = {"dense": "esgd", "sparse": "muon"}
+"""The project's default optimizer by the density of the field's H·v (the advisor recommends the
+same: the fair league's winners, benchmarks/README.md)."""
+
+
+def default_optimizer(activation: str) -> str:
+    """The optimizer a run uses when none is named: by whether the activation's H·v is sparse."""
+    return DEFAULT_OPTIMIZER["sparse" if activation in RELU_LIKE else "dense"]
+
+
 def optimizer_spec(name: str) -> OptimizerSpec:
     if name not in _SPECS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")

@@ -269,7 +269,7 @@ def standalone_main(
     from rich.table import Table
 
     from nf_precond_plugin.commands import printed_command
-    from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr
+    from nf_precond_plugin.optim.factory import OPTIMIZERS, default_lr, default_optimizer
     from nf_precond_plugin.runtime import configure_entry_point
     from nf_precond_plugin.training import RunSettings, run_task
     from nf_precond_plugin.training.distributed import join_process_group, leave_process_group, training_device
@@ -277,7 +277,7 @@ def standalone_main(
     config = parse_config(config_type, argv, prog)
     configure_entry_point()
     option = "--compare" if config.compare else "--optimizer"
-    names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
+    names = split_names(config.compare or config.optimizer or default_optimizer(config.activation), OPTIMIZERS, option)
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
     optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
     schedules = parse_schedule(config, names)

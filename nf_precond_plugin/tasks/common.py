@@ -15,8 +15,9 @@ from nf_precond_plugin.presets import HIDDEN_FEATURES, IMAGE_BATCH, IMAGE_SIGMA,
 class FitConfig:
     activation: ActivationName = "gaussian"
     """Activation of the coordinate MLP."""
-    optimizer: str = "esgd"
-    """A name from the optimizer registry (adam, esgd, kfac, …); an unknown name gets the list."""
+    optimizer: str | None = None
+    """A name from the optimizer registry (adam, esgd, muon, kfac, …); default: the project's choice
+    for the activation (esgd where H·v is dense, muon for relu-pe and relu)."""
     compare: str | None = None
     """Comma-separated optimizers trained side by side from the same init and data, e.g. adam,esgd
     (overrides --optimizer)."""
