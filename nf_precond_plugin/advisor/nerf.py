@@ -3,6 +3,9 @@
 The curvature measurements are taken on the first probe's trainer at its initial weights; then
 ESGD at two clips and Adam at two lrs each train a few iterations from seed 0, scored by the mean
 RGB loss of the last quarter. The recommendation names the ``ns-train`` command to run.
+
+The probe's trainers run inside ``errors_raised()``: a bad scene is this command's error (``--data
+<dir>: …``, reported by nf-precond), not one printed under ns-train's name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nf_precond_plugin.advisor.recommend import curvature_measurements, recommend
+from nf_precond_plugin.commands import printed_command
 from nf_precond_plugin.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -25,11 +29,14 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
     try:
         from nf_precond_plugin.data.demo_scene import ensure_demo_scene
         from nf_precond_plugin.nerf import methods
+        from nf_precond_plugin.nerf.llff import check_llff_scene
+        from nf_precond_plugin.nerf.trainer import errors_raised
     except ImportError as error:
         raise UserInputError(f"advise nerf needs nerfstudio: pip install -e '.[nerfstudio]' ({error})") from None
     data = ensure_demo_scene() if config.data is None else config.data
     if not Path(data).exists():
         raise UserInputError(f"--data {data}: no such scene directory")
+    check_llff_scene(Path(data))  # poses_bounds.npy and the images, before any trainer is built
 
     import shutil
     import tempfile
@@ -39,7 +46,8 @@ def advise_nerf(config: AdviseNerf) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="nf-precond-advise-"))
     writers = list(writer.EVENT_WRITERS)  # nerfstudio's writers are process-global: restore them after
     try:
-        return _probe_nerf(config, Path(data), scratch, methods)
+        with errors_raised():
+            return _probe_nerf(config, Path(data), scratch, methods)
     finally:
         writer.EVENT_WRITERS[:] = writers
         shutil.rmtree(scratch, ignore_errors=True)
@@ -89,14 +97,17 @@ def _probe_nerf(config: AdviseNerf, data: Path, scratch: Path, methods) -> dict[
             tail = losses[-max(1, len(losses) // 4) :]
             probe[name][f"{value:g}"] = sum(tail) / len(tail)
     advice: dict[str, Any] = {"task": "nerf", "data": str(data), **measured, "probe": probe}
-    chosen = recommend(measured, probe, knobs={name: knob for name, _, knob, _ in candidates})
+    knobs = {name: knob for name, _, knob, _ in candidates}
+    chosen = recommend(measured, probe, knobs, choices={"dense": "esgd", "sparse": "adam"})  # no Muon method
     if chosen["recommended"] == "esgd":
         clip = chosen["clip"]
         advice.update(
             recommended="esgd",
             lr=methods.ESGDOptimizerConfig().lr,
             clip=clip,
-            command=f"ns-train gaussian-esgd-cpu --data {data} --optimizers.fields.optimizer.clip {clip:g}",
+            command=printed_command(
+                "ns-train", "gaussian-esgd-cpu", "--data", data, "--optimizers.fields.optimizer.clip", f"{clip:g}"
+            ),
             reason=f"{chosen['reason']} (gaussian-esgd-cpu) with the probed clip",
         )
     else:
@@ -104,7 +115,9 @@ def _probe_nerf(config: AdviseNerf, data: Path, scratch: Path, methods) -> dict[
         advice.update(
             recommended="adam",
             lr=lr,
-            command=f"ns-train gaussian-adam-cpu --data {data} --optimizers.fields.optimizer.lr {lr:g}",
+            command=printed_command(
+                "ns-train", "gaussian-adam-cpu", "--data", data, "--optimizers.fields.optimizer.lr", f"{lr:g}"
+            ),
             reason=f"{chosen['reason']} (gaussian-adam-cpu)",
         )
     return advice

@@ -247,6 +247,16 @@ def load_llff_scene(data: Path, downscale_factor: int | None = None) -> LLFFScen
     )
 
 
+def check_llff_scene(data: Path, downscale_factor: int | None = None, option: str = "--data") -> None:
+    """Refuse, in one line naming ``option``, a scene the parser would refuse (missing folder, no
+    poses_bounds.npy, no images, counts or sizes that disagree), before anything is written or trained."""
+    data = Path(data).expanduser()
+    try:
+        load_llff_scene(data, downscale_factor)
+    except UserInputError as error:
+        raise UserInputError(str(error).replace(f"LLFF scene {data}:", f"{option} {data}:", 1)) from None
+
+
 def frustum_box(
     camera_to_worlds: np.ndarray, width: int, height: int, focal: float, depths: tuple[float, ...]
 ) -> np.ndarray:

@@ -28,6 +28,7 @@ from torch.nn import Parameter
 
 from nf_precond_plugin.nerf.field import GaussianRadianceField
 from nf_precond_plugin.nerf.metrics import image_metrics
+from nf_precond_plugin.nerf.viewer import ViewerStart
 
 
 class DepthBoundsCollider(SceneCollider):
@@ -126,6 +127,9 @@ class GaussianNeRFModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="expected")
         self.rgb_loss = MSELoss()
+        # nerfstudio's viewer hands the viewer to every ViewerControl it finds on the pipeline: this one
+        # starts each browser at the first training view (see nerf/viewer.py).
+        self.viewer_start = ViewerStart()
 
     def _near_far(self) -> tuple[float, float] | None:
         metadata = self.kwargs.get("metadata") or {}

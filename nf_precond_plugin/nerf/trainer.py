@@ -12,12 +12,21 @@ averaged over the devices (and, on H·v steps, the curvature optimizers' H·v fo
 share). Only rank 0 writes checkpoints. Gradient accumulation (``--gradient-accumulation-steps``):
 nerfstudio's step counts micro-batches; each one's loss is divided by their number K, so an
 update sees their mean as one K-times larger batch would, and its H·v is folded in as it comes.
+
+The user's mistakes are one line (``ns-train: error: …``) before anything is printed or written:
+ns-train calls ``print_to_terminal`` first, then ``save_config``, and both run the launch checks
+(scene, optimizer settings, devices). Ctrl-C during training is one line too, naming the last
+checkpoint kept and the ns-train command that resumes from it (``--load-dir``).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,27 +36,110 @@ from nerfstudio.utils import profiler
 from nerfstudio.utils.decorators import check_main_thread
 
 from nf_precond_plugin.checkpoints import keep_only, save_atomically
-from nf_precond_plugin.errors import TrainingDiverged, reported_as_one_line
+from nf_precond_plugin.commands import printed_command
+from nf_precond_plugin.errors import RunInterrupted, TrainingDiverged, reported_as_one_line
 from nf_precond_plugin.nerf.convergence import ConvergenceLog
-from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig
-from nf_precond_plugin.nerf.trainer_policy import accumulation_steps, check_launchable, check_supported
+from nf_precond_plugin.nerf.optimizers import DecayToFractionSchedulerConfig, resolve_esgd_rules
+from nf_precond_plugin.nerf.trainer_policy import (
+    accumulation_steps,
+    check_data,
+    check_launchable,
+    check_optimizers,
+    check_supported,
+)
 from nf_precond_plugin.optim.base import CurvatureOptimizer
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 PROG = "ns-train"
 
+_CALLER_REPORTS: ContextVar[bool] = ContextVar("nf_precond_caller_reports", default=False)
+
+
+@contextmanager
+def errors_raised() -> Iterator[None]:
+    """Inside this block the trainer's hooks raise the user's mistakes (``UserInputError``, …)
+    instead of reporting them as ``ns-train``'s one line: for a caller that is its own command
+    (``nf-precond advise nerf``) and reports them under its own name."""
+    token = _CALLER_REPORTS.set(True)
+    try:
+        yield
+    finally:
+        _CALLER_REPORTS.reset(token)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """ns-train's one-line report, unless a caller reports (``errors_raised``)."""
+    if _CALLER_REPORTS.get():
+        yield
+    else:
+        with reported_as_one_line(PROG):
+            yield
+
+
+RESUME_DROPS = ("--load-dir", "--load-checkpoint", "--timestamp")
+"""Options of the interrupted command the resume command leaves out: it loads the kept checkpoint
+and writes a new run directory."""
+
+
+def _without_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``args`` without ``--name value`` and ``--name=value`` for each of ``names``."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not any(arg.startswith(f"{name}=") for name in names):
+            kept.append(arg)
+    return kept
+
+
+def resume_command(config: TrainerConfig, checkpoint_dir: Path, argv: Sequence[str] | None = None) -> str:
+    """The ns-train command that continues ``config``'s run from the newest checkpoint in ``checkpoint_dir``.
+
+    Run from ns-train, it is the user's own command with ``--load-dir`` (every option they gave,
+    so the field has the checkpoint's shape); otherwise the method and its ``--data``."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and Path(argv[0]).name == PROG and argv[1] == config.method_name:
+        rest = _without_options(argv[2:], RESUME_DROPS)
+    else:
+        data = config.data or config.pipeline.datamanager.data
+        rest = [] if data is None else ["--data", str(data)]
+    return printed_command(PROG, config.method_name, "--load-dir", checkpoint_dir, *rest)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest ``step-*.ckpt`` in ``checkpoint_dir`` (by step), or None."""
+    found = sorted(checkpoint_dir.glob("step-*.ckpt"), key=lambda path: int(path.stem.split("-")[-1]))
+    return found[-1] if found else None
+
 
 @dataclass
 class CurvatureTrainerConfig(TrainerConfig):
     _target: type = field(default_factory=lambda: CurvatureTrainer)
 
-    def save_config(self) -> None:
-        # ns-train saves the config just before it launches the processes: refuse here, once,
-        # rather than in every spawned process (or in nerfstudio's own assert).
-        with reported_as_one_line(PROG):
+    def check_before_launch(self) -> None:
+        """Refuse, in one line, what would fail later: the scene, an optimizer setting, the devices.
+        Idempotent: ns-train runs it from print_to_terminal and again from save_config."""
+        resolve_esgd_rules(self.optimizers)  # the saved config shows the rule's values
+        with _reported():
+            check_data(self)
+            check_optimizers(self)
             check_launchable(self)
             check_supported(self, world_size=1)
+
+    def print_to_terminal(self) -> None:
+        # ns-train's first call on the config: refuse before its 160 lines of config are printed.
+        self.check_before_launch()
+        super().print_to_terminal()
+
+    def save_config(self) -> None:
+        # ns-train saves the config just before it launches the processes: refuse here too (for
+        # callers that skip print_to_terminal), once, rather than in every spawned process.
+        self.check_before_launch()
         super().save_config()
 
 
@@ -55,7 +147,8 @@ class CurvatureTrainer(Trainer):
     config: CurvatureTrainerConfig
 
     def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
-        with reported_as_one_line(PROG):
+        resolve_esgd_rules(config.optimizers)  # before nerfstudio's schedulers read the lr
+        with _reported():
             check_supported(config, world_size)
         # ns-train is nerfstudio's entry point, so the trainer is the first project code to run.
         configure_entry_point()
@@ -75,20 +168,48 @@ class CurvatureTrainer(Trainer):
 
     def setup(self, test_mode="val") -> None:
         # Bad data (a missing LLFF path, a wrong poses file) surfaces here: one line, no traceback.
-        with reported_as_one_line(PROG):
-            super().setup(test_mode=test_mode)
+        with _reported():
+            try:
+                super().setup(test_mode=test_mode)
+            except KeyboardInterrupt as stop:
+                raise RunInterrupted(self._interrupted(stop, before_training=True)) from None
 
     def train(self) -> None:
         # nerfstudio's trainer writes dataparser_transforms.json on every rank with a non-exist_ok
         # mkdir; ns-train made the directory before spawning, other launchers race on it.
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        with reported_as_one_line(PROG):
-            super().train()
-            if self._save_deferred and self._last_update_step is not None:
-                # The run ended inside an accumulation cycle: save the state of its last update.
-                # (Resuming from it, the lr schedule is ahead by the unfinished micro-batches.)
-                self._save_deferred = False
-                self._write_checkpoint(self._last_update_step)
+        with _reported():
+            try:
+                super().train()
+                if self._save_deferred and self._last_update_step is not None:
+                    # The run ended inside an accumulation cycle: save the state of its last update.
+                    # (Resuming from it, the lr schedule is ahead by the unfinished micro-batches.)
+                    self._save_deferred = False
+                    self._write_checkpoint(self._last_update_step)
+            except KeyboardInterrupt as stop:
+                self.shutdown()  # the viewer's server, if any, would keep the process alive
+                raise RunInterrupted(self._interrupted(stop)) from None
+
+    def _interrupted(self, stop: KeyboardInterrupt, before_training: bool = False) -> str:
+        """What Ctrl-C leaves: the newest checkpoint and the command that resumes from it, or that
+        nothing was kept and the run directory can go."""
+        if isinstance(stop, RunInterrupted):
+            return str(stop)
+        where = "before training started" if before_training else f"at step {getattr(self, 'step', self._start_step)}"
+        latest = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir.is_dir() else None
+        if latest is not None:
+            return f"{where}; kept {latest}; resume with: {resume_command(self.config, self.checkpoint_dir)}"
+        leftover = (
+            f"the run directory {self.base_dir} can be deleted" if self.base_dir.exists() else "nothing was written"
+        )
+        loaded_from = self.config.load_dir
+        if loaded_from is not None and latest_checkpoint(Path(loaded_from)) is not None:
+            # A resumed run stopped before its own first checkpoint: the one it started from is still there.
+            again = resume_command(self.config, Path(loaded_from))
+            return f"{where}, before this run's first checkpoint: nothing new ({leftover}); resume with: {again}"
+        if not before_training:
+            where += ", before the first checkpoint"
+        return f"{where}: nothing was kept; {leftover}"
 
     def _curvature_optimizers(self) -> list[CurvatureOptimizer]:
         return [opt for opt in self.optimizers.optimizers.values() if isinstance(opt, CurvatureOptimizer)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,14 @@ pytest.importorskip("nerfstudio")
 from tiny_nerf import EVERY, WARMUP, tiny_config  # noqa: E402
 
 from nf_precond_plugin.data.demo_scene import generate_demo_scene  # noqa: E402
-from nf_precond_plugin.errors import EXIT_BAD_INPUT, EXIT_TRAINING_STOPPED, UserInputError  # noqa: E402
+from nf_precond_plugin.errors import (  # noqa: E402
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TRAINING_STOPPED,
+    UserInputError,
+)
 from nf_precond_plugin.nerf import methods  # noqa: E402
-from nf_precond_plugin.nerf.trainer import CurvatureTrainer  # noqa: E402
+from nf_precond_plugin.nerf.trainer import CurvatureTrainer, resume_command  # noqa: E402
 from nf_precond_plugin.nerf.trainer_policy import check_supported  # noqa: E402
 
 
@@ -198,3 +204,92 @@ def test_an_interrupted_save_leaves_no_partial_file_among_the_checkpoints(scene,
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint(5)
     assert sorted(trainer.checkpoint_dir.iterdir()) == [good]  # what nerfstudio's loaders list and parse
+
+
+def interrupt_at(trainer, monkeypatch, step: int) -> None:
+    """Ctrl-C arrives during iteration ``step``."""
+    original = trainer.train_iteration
+
+    def iteration(current: int):
+        if current == step:
+            raise KeyboardInterrupt
+        return original(current)
+
+    monkeypatch.setattr(trainer, "train_iteration", iteration)
+
+
+def test_ctrl_c_names_the_checkpoint_kept_and_the_command_that_resumes_from_it(scene, tmp_path, monkeypatch, capsys):
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=6)
+    config.steps_per_save = 2
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    interrupt_at(trainer, monkeypatch, 3)
+    with pytest.raises(SystemExit) as stop:
+        trainer.train()
+    assert stop.value.code == EXIT_INTERRUPTED
+    message = capsys.readouterr().err.strip()
+    kept = trainer.checkpoint_dir / "step-000000002.ckpt"
+    assert message.startswith(f"ns-train: interrupted: at step 3; kept {kept}; resume with: "), message
+    assert "\n" not in message and "--resume" not in message and "summary.json" not in message
+    args = shlex.split(message.split("resume with: ", 1)[1])
+    # In-process (not ns-train's argv): the method, the kept checkpoints and the scene.
+    assert Path(args[0]).name == "ns-train"
+    assert args[1:] == ["gaussian-esgd-cpu", "--load-dir", str(trainer.checkpoint_dir), "--data", str(scene)]
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_kept(scene, tmp_path, monkeypatch, capsys):
+    trainer = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=6).setup(local_rank=0, world_size=1)
+    trainer.setup()
+    interrupt_at(trainer, monkeypatch, 1)
+    with pytest.raises(SystemExit) as stop:
+        trainer.train()
+    assert stop.value.code == EXIT_INTERRUPTED
+    message = capsys.readouterr().err.strip()
+    assert message == (
+        f"ns-train: interrupted: at step 1, before the first checkpoint: nothing was kept; "
+        f"the run directory {trainer.base_dir} can be deleted"
+    )
+
+
+def test_the_resume_command_is_the_users_own_with_load_dir_and_without_the_timestamp():
+    config = copy.deepcopy(methods.gaussian_esgd_cpu.config)
+    argv = ["/x/.venv/bin/ns-train", "gaussian-esgd-cpu", "--timestamp", "T", "--load-dir=old", "--data", "my scene"]
+    args = shlex.split(resume_command(config, Path("out/run/nerfstudio_models"), argv=argv))
+    assert args[1:] == ["gaussian-esgd-cpu", "--load-dir", "out/run/nerfstudio_models", "--data", "my scene"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "refusal"),
+    [
+        ("lr", -1.0, "--optimizers.fields.optimizer.lr -1.0: ESGD refuses it (Invalid learning rate"),
+        ("betas", (0.9, 1.5), "--optimizers.fields.optimizer.betas 0.9 1.5: ESGD refuses it (Invalid beta"),
+        ("lr", math.inf, "--optimizers.fields.optimizer.lr inf: expected a finite learning rate > 0"),
+    ],
+)
+def test_a_refused_optimizer_setting_is_one_line_before_the_config_is_printed(
+    scene, tmp_path, capsys, option, value, refusal
+):
+    config = tiny_config(methods.gaussian_esgd_cpu, scene, tmp_path, iterations=2)
+    setattr(config.optimizers["fields"]["optimizer"], option, value)
+    with pytest.raises(SystemExit) as stop:
+        config.print_to_terminal()  # ns-train's first call on the config
+    assert stop.value.code == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"ns-train: error: {refusal}"), captured
+    assert captured.err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_missing_scene_of_another_dataparser_is_refused_before_the_config_is_printed(tmp_path, capsys):
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    config = copy.deepcopy(methods.gaussian_esgd_cpu.config)
+    config.pipeline.datamanager.dataparser = NerfstudioDataParserConfig()
+    config.data = config.pipeline.datamanager.data = tmp_path / "no-such-scene"
+    config.output_dir = tmp_path / "outputs"
+    for hook in (config.print_to_terminal, config.save_config):  # in-process callers may skip the first
+        with pytest.raises(SystemExit) as stop:
+            hook()
+        assert stop.value.code == EXIT_BAD_INPUT
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"ns-train: error: --data {tmp_path / 'no-such-scene'}: ")
+    assert not config.output_dir.exists()

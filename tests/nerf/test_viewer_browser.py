@@ -7,6 +7,12 @@ small camera-frustum thumbnails; a render fills the whole canvas with the scene.
 black, white, grey UI and grid lines are not), (2) the pixels vary (not a flat fill), and (3) their
 mean chromaticity r : g : b matches the mean of the scene's own images (the demo scene is warm: the
 cat background), within 0.05 — grey would be 0.12 away.
+
+The browser's camera must start at the first training view (the plugin's ``ViewerStart``; viser's
+default camera looks at the field from behind the cameras): the canvas, reduced to 16 × 12 grey
+levels, correlates with that view's image by at least 0.5 (measured: 0.88 at the first training
+view, −0.24 from viser's default camera). And for a finished checkpoint the page must not offer
+"Pause Training" and must show the checkpoint's step (nerfstudio's ns-viewer shows "Step: 0").
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ MIN_COLOURED_FRACTION = 0.5
 MIN_PIXEL_STD = 10.0
 CHROMATICITY_TOLERANCE = 0.05
 SAMPLE_STEP_PX = 8
+LAYOUT_SIZE = (16, 12)
+MIN_VIEW_CORRELATION = 0.5
+
 
 VISIBLE_CANVAS_POINTS_JS = """(step) => {
     const canvases = Array.from(document.querySelectorAll('canvas'));
@@ -103,6 +112,27 @@ def canvas_stats(screenshot: np.ndarray, points: list[list[int]], scene_chromati
     }
 
 
+def layout(image: np.ndarray) -> np.ndarray:
+    """The image as LAYOUT_SIZE grey levels, standardised (zero mean, unit variance)."""
+    from PIL import Image
+
+    grey = np.asarray(Image.fromarray(image[..., :3]).convert("L").resize(LAYOUT_SIZE, Image.BILINEAR), float)
+    return (grey - grey.mean()) / (grey.std() + 1e-9)
+
+
+def view_correlation(screenshot: np.ndarray, points: list[list[int]], reference: np.ndarray) -> float:
+    """Correlation of the visible canvas's layout (the box around ``points``) with the reference
+    image's: -1 … 1, 0 without a canvas."""
+    if not points:
+        return 0.0
+    xy = np.asarray(points)
+    left, top = xy.min(axis=0)
+    right, bottom = xy.max(axis=0) + 1
+    if right - left < 16 or bottom - top < 12:
+        return 0.0
+    return float((layout(screenshot[top:bottom, left:right]) * layout(reference)).mean())
+
+
 def render_shown(stats: dict[str, float]) -> bool:
     return (
         stats["coloured"] >= MIN_COLOURED_FRACTION
@@ -146,6 +176,7 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
         require("playwright is not installed (pip install -e '.[test]')")
 
     images = np.stack([iio.imread(p)[..., :3] for p in sorted((tiny_scene / "images_8").glob("*.png"))])
+    first_training_view = images[1]  # view 0 is held out (holdout_every = 8)
     scene_mean = images.reshape(-1, 3).astype(np.float64).mean(axis=0)
     scene_chromaticity = scene_mean / scene_mean.sum()
 
@@ -199,6 +230,8 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
                 page.goto(local, wait_until="load")
 
                 stats: dict[str, float] = {}
+                page_text = ""
+                correlation = 0.0
                 before: dict[str, float] = {}
                 shot = None
                 render_deadline = time.monotonic() + RENDER_TIMEOUT_S
@@ -208,13 +241,16 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
                     shot = iio.imread(png)
                     points = page.evaluate(VISIBLE_CANVAS_POINTS_JS, SAMPLE_STEP_PX)
                     stats = canvas_stats(shot, points, scene_chromaticity)
+                    correlation = view_correlation(shot, points, first_training_view)
                     if points and not before:
                         before = stats
                         before_path.write_bytes(png)
-                    if render_shown(stats):
+                    if render_shown(stats) and correlation >= MIN_VIEW_CORRELATION:
                         break
                     time.sleep(1.0)
                 assert shot is not None
+                page_text = page.inner_text("body")
+                pause_shown = any(button.is_visible() for button in page.get_by_text("Pause Training").all())
             finally:
                 context.close()
     finally:
@@ -223,7 +259,8 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
         kill_browser(browser)
 
     report = (
-        f"screenshot {screenshot_path}; canvas stats {stats}; first canvas frame {before_path}: {before}; "
+        f"screenshot {screenshot_path}; canvas stats {stats}; correlation with the first training view "
+        f"{correlation:.2f}; first canvas frame {before_path}: {before}; "
         f"scene mean rgb {scene_mean.round(1).tolist()}; blocked requests {blocked}; "
         f"viewer log {viewer.log_path}"
     )
@@ -233,4 +270,8 @@ def test_viewer_shows_a_render_of_the_scene_in_chromium(
     assert stats["coloured"] >= MIN_COLOURED_FRACTION, f"no render fills the canvas; {report}"
     assert stats["std"] >= MIN_PIXEL_STD, f"the canvas is a flat fill; {report}"
     assert stats["chromaticity_error"] <= CHROMATICITY_TOLERANCE, f"the canvas colours are not the scene's; {report}"
+    assert correlation >= MIN_VIEW_CORRELATION, f"the camera does not start at the first training view; {report}"
+    step = max(int(path.stem.split("-")[-1]) for path in (trained_run.parent / "nerfstudio_models").glob("step-*.ckpt"))
+    assert f"Step: {step}" in page_text, f"the checkpoint's step {step} is not shown: {page_text[:400]!r}; {report}"
+    assert not pause_shown, f"a finished model offers 'Pause Training'; {report}"
     viewer.result()  # no network attempt by the viewer process (it was killed, so its exit code is moot)
