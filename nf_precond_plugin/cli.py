@@ -74,7 +74,11 @@ def _unknown_advise_task(task: str) -> None:
 
 
 def _guarded(config: SparsityConfig | ConditionConfig | NerfDemoConfig | AdviseCommand | ImageDemoConfig) -> None:
-    with reported_as_one_line("nf-precond"):
+    # errors are labelled with the subcommand the user ran ("nf-precond advise: error: …")
+    subcommand = {AdviseCommand: "advise", NerfDemoConfig: "nerf-demo", ImageDemoConfig: "image-demo"}.get(
+        type(config), "sparsity" if isinstance(config, SparsityConfig) else "condition"
+    )
+    with reported_as_one_line(f"nf-precond {subcommand}"):
         _dispatch(config)
 
 
