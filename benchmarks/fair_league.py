@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import os
 import statistics
@@ -78,7 +79,7 @@ def entry_by_name(name: str) -> Entry:
 
 
 def cell_path(stage: str, field_name: str, photo: str, entry: Entry, lr: float, seed: int) -> Path:
-    slug = entry.name.replace("/", "_").replace(" ", "").replace("(", "").replace(")", "").replace("=", "")
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", entry.name.replace("β₁", "b1")).strip("_")  # ASCII file names
     return RESULTS / stage / field_name / photo / f"{slug}__lr{lr:g}__seed{seed}.json"
 
 
