@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
