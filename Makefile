@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Trains gaussian-esgd-cpu on the embedded (generated) forward-facing scene, then ns-eval and ns-render;
-# then the clipped ESGD against a tuned Adam on the embedded image, side by side. The README quotes
+# then the project's ESGD against schedule-free AdamW on the embedded image, side by side. The README quotes
 # its measured time (the one place it is written).
 demo: $(STAMP)
 	$(BIN)/nf-precond nerf-demo --output-dir outputs/demo

@@ -6,7 +6,7 @@ nf-precond nerf-demo                                # ns-train → ns-eval → n
 nf-precond advise image --image FILE --activation relu-pe   # which optimizer and lr, measured
 nf-precond advise occupancy --mesh FILE --json
 nf-precond advise nerf --data SCENE
-nf-precond image-demo                               # clipped ESGD vs tuned Adam, side by side
+nf-precond image-demo                               # ESGD vs schedule-free AdamW, side by side
 """
 
 from __future__ import annotations
