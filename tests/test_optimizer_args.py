@@ -92,3 +92,19 @@ def test_without_an_optimizer_a_relu_pe_field_trains_with_muon_and_a_gaussian_wi
         assert result.returncode == 0, result.stderr
         assert [p.stem for p in (only_run_dir(tmp_path / activation) / "checkpoints").glob("*.pt")] == [expected]
     assert FIELD_CHOICES == {"dense": "esgd", "sparse": "muon"}
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--lr", "inf"], "--lr inf"),
+        (["--batch-size", "100000000"], "--batch-size 100000000"),
+        (["--schedule", "linear"], "--schedule linear"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs -1"),
+    ],
+)
+def test_a_bad_run_option_is_one_line_and_leaves_no_run_directory(tmp_path, options, named):
+    result = image_cli(*SMALL, "--epochs", "1", *options, "--output-dir", "out", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
