@@ -92,6 +92,11 @@ def test_without_an_optimizer_a_relu_pe_field_trains_with_muon_and_a_gaussian_wi
         assert result.returncode == 0, result.stderr
         assert [p.stem for p in (only_run_dir(tmp_path / activation) / "checkpoints").glob("*.pt")] == [expected]
     assert FIELD_CHOICES == {"dense": "esgd", "sparse": "muon"}
+    # Muon needs a hidden weight matrix: a two-layer ReLU-PE field falls back to Adam
+    options = ["--epochs", "1", "--activation", "relu-pe", "--num-layers", "2", "--output-dir", "two"]
+    result = image_cli(*SMALL, *options, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p.stem for p in (only_run_dir(tmp_path / "two") / "checkpoints").glob("*.pt")] == ["adam"]
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import tyro
 
 from nf_precond_plugin.advisor.fields import PROBE_LRS, WARM_STEPS, advise_field_task, lr_probe
-from nf_precond_plugin.advisor.recommend import PROBE_TIE, PROBES, curvature_measurements, recommend
+from nf_precond_plugin.advisor.recommend import PROBE_TIE, PROBES, curvature_measurements, field_choices, recommend
 from nf_precond_plugin.curvature import SPARSE_FIELD
 from nf_precond_plugin.tasks.image import ImageConfig
 from nf_precond_plugin.tasks.occupancy import OccupancyConfig
@@ -120,7 +120,7 @@ def run_advise(command: AdviseCommand) -> dict[str, Any]:
         advice = advise_nerf(config)
     else:
         result = advise_field_task(config)
-        advice = {**result, **recommend(result, result["probe"])}
+        advice = {**result, **recommend(result, result["probe"], choices=field_choices(config.num_layers))}
     advice["seconds"] = time.perf_counter() - started
     return advice
 

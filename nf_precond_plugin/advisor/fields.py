@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nf_precond_plugin.advisor.recommend import curvature_measurements
+from nf_precond_plugin.advisor.recommend import curvature_measurements, field_choices
 from nf_precond_plugin.errors import UserInputError
 from nf_precond_plugin.optim.factory import build_optimizer
 from nf_precond_plugin.tasks.occupancy import OccupancyConfig
@@ -21,7 +21,7 @@ from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 if TYPE_CHECKING:
     from nf_precond_plugin.advisor import AdviseImage, AdviseOccupancy
 
-PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02)}
+PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02), "adam": (3e-4, 1e-3, 3e-3)}
 """The lrs each candidate of ``recommend.FIELD_CHOICES`` is probed at (Muon's: the fair league's
 best on smooth and on ReLU-PE fields)."""
 WARM_STEPS = 20
@@ -33,12 +33,15 @@ def lr_probe(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     seed: int,
+    names: tuple[str, ...] | list[str] = tuple(PROBE_LRS),
 ) -> dict[str, dict[str, float | None]]:
-    """Mean loss of the last quarter of steps for each (optimizer, lr); None where it diverged."""
+    """Mean loss of the last quarter of steps for each (optimizer of ``names``, lr of its
+    ``PROBE_LRS``); None where it diverged."""
     torch.manual_seed(seed)
     initial = copy.deepcopy(build_model().state_dict())
     scores: dict[str, dict[str, float | None]] = {}
-    for name, rates in PROBE_LRS.items():
+    for name in names:
+        rates = PROBE_LRS[name]
         scores[name] = {}
         for lr in rates:
             model = build_model()
@@ -86,5 +89,6 @@ def advise_field_task(config: AdviseImage | AdviseOccupancy) -> dict[str, Any]:
         training_step([warm], lambda x=x, y=y: (task.loss(model(x), y), None), check_finite=False)
     x, y = batches[WARM_STEPS]
     measured = curvature_measurements(params, lambda: task.loss(model(x), y))
-    probe = lr_probe(task.build_model, batches[WARM_STEPS:], task.loss, config.seed)
+    candidates = list(dict.fromkeys(field_choices(config.num_layers).values()))  # only what may be recommended
+    probe = lr_probe(task.build_model, batches[WARM_STEPS:], task.loss, config.seed, candidates)
     return {"task": task.name, "data": task.describe(), "activation": config.activation, **measured, "probe": probe}

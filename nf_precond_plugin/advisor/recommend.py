@@ -27,9 +27,15 @@ PROBES = 3
 """Rademacher probes of the curvature measurements."""
 LR_KNOBS: dict[str, str] = {"esgd": "lr", "muon": "lr", "adam": "lr"}
 """The probed knob of each optimizer, when the probe sweeps the lr (the field advisor)."""
-FIELD_CHOICES: dict[str, str] = DEFAULT_OPTIMIZER
+FIELD_CHOICES: dict[str, str] = {"dense": DEFAULT_OPTIMIZER["dense"], "sparse": DEFAULT_OPTIMIZER["sparse"]}
 """The optimizer recommended for an image or occupancy field by its H·v density: the project's
-default for such a field."""
+default for such a field (``field_choices`` adapts it to a field without hidden layers)."""
+
+
+def field_choices(num_layers: int) -> dict[str, str]:
+    """``FIELD_CHOICES`` for a field of ``num_layers`` linear layers (Muon needs a hidden one)."""
+    sparse = DEFAULT_OPTIMIZER["sparse" if num_layers >= 3 else "sparse, no hidden layer"]
+    return {**FIELD_CHOICES, "sparse": sparse}
 
 
 def curvature_measurements(

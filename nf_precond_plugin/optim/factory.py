@@ -152,14 +152,17 @@ if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
     raise AssertionError("the optimizer registry and OptimizerName disagree")
 
 
-DEFAULT_OPTIMIZER = {"dense": "esgd", "sparse": "muon"}
+DEFAULT_OPTIMIZER = {"dense": "esgd", "sparse": "muon", "sparse, no hidden layer": "adam"}
 """The project's default optimizer by the density of the field's H·v (the advisor recommends the
-same: the fair league's winners, benchmarks/README.md)."""
+same: the fair league's winners, benchmarks/README.md). Muon needs a hidden weight matrix (a
+field of at least 3 linear layers); without one, Adam."""
 
 
-def default_optimizer(activation: str) -> str:
+def default_optimizer(activation: str, num_layers: int) -> str:
     """The optimizer a run uses when none is named: by whether the activation's H·v is sparse."""
-    return DEFAULT_OPTIMIZER["sparse" if activation in RELU_LIKE else "dense"]
+    if activation not in RELU_LIKE:
+        return DEFAULT_OPTIMIZER["dense"]
+    return DEFAULT_OPTIMIZER["sparse" if num_layers >= 3 else "sparse, no hidden layer"]
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:

@@ -277,7 +277,9 @@ def standalone_main(
     config = parse_config(config_type, argv, prog)
     configure_entry_point()
     option = "--compare" if config.compare else "--optimizer"
-    names = split_names(config.compare or config.optimizer or default_optimizer(config.activation), OPTIMIZERS, option)
+    if not (config.compare or config.optimizer):  # recorded as resolved, so a resumed run keeps it
+        config = dataclasses.replace(config, optimizer=default_optimizer(config.activation, config.num_layers))
+    names = split_names(config.compare or config.optimizer, OPTIMIZERS, option)
     rates = {name: config.lr if config.lr is not None else default_lr(name, config.activation) for name in names}
     optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
     schedules = parse_schedule(config, names)
