@@ -67,10 +67,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("soap", "cosine", (3e-4, 1e-3, 3e-3, 1e-2)),
     Entry("kfac", "cosine", (1e-4, 3e-4, 1e-3)),
     Entry("esgd-paper", "constant", (0.05, 0.15, 0.5)),
-    Entry("esgd", "inverse-time", (0.5, 1.0, 2.0), label="esgd (default)"),
+    Entry("esgd", "inverse-time", (0.5, 1.0, 2.0, 4.0), label="esgd (default)"),  # 4: 2 won at the edge
     Entry("esgd", "cosine", (0.5, 1.0, 2.0)),
     # curvature inside schedule-free averaging, ESGD's own momentum off (β₁ = 0)
-    Entry("esgd", "schedule-free", (1.0, 2.0, 4.0), args={"betas": (0.0, 0.9)}, label="esgd/schedule-free β₁=0"),
+    Entry(
+        "esgd", "schedule-free", (0.25, 0.5, 1.0, 2.0, 4.0), args={"betas": (0.0, 0.9)}, label="esgd/schedule-free β₁=0"
+    ),  # 0.25, 0.5: 1 won at the edge
 )
 
 
