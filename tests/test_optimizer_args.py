@@ -25,6 +25,13 @@ def test_values_take_the_type_of_the_constructor_default():
         "adam": {},
     }
     assert parse_optimizer_args(["amsgrad=True"], ["adam"]) == {"adam": {"amsgrad": True}}
+    # torch writes some float defaults as the int 0: the annotation says float
+    assert parse_optimizer_args(["momentum=0.9"], ["sgd"]) == {"sgd": {"momentum": 0.9}}
+    assert parse_optimizer_args(["weight_decay=1e-4"], ["adam"]) == {"adam": {"weight_decay": 1e-4}}
+    # a colon inside the value belongs to the value
+    assert parse_optimizer_args(["esgd-paper:bias_correction=a:b"], ["esgd-paper"]) == {
+        "esgd-paper": {"bias_correction": "a:b"}
+    }
 
 
 @pytest.mark.parametrize(
@@ -37,6 +44,7 @@ def test_values_take_the_type_of_the_constructor_default():
         (["sgd:momentum=0.5"], ["esgd"], "sgd is not one of the optimizers of this run"),
         (["lr=3"], ["esgd"], "use --lr"),
         (["clip"], ["esgd"], "expected [OPTIMIZER:]NAME=VALUE"),
+        (["newton_schulz_dtype=float32"], ["muon"], "expected a number or None"),  # a None default: the annotation
     ],
 )
 def test_bad_arguments_are_one_line_naming_the_flag(texts, names, fragment):
@@ -106,6 +114,8 @@ def test_without_an_optimizer_a_relu_pe_field_trains_with_muon_and_a_gaussian_wi
         (["--batch-size", "100000000"], "--batch-size 100000000"),
         (["--schedule", "linear"], "--schedule linear"),
         (["--warmup-epochs", "-1"], "--warmup-epochs -1"),
+        (["--decay-epochs", "inf"], "--decay-epochs inf"),
+        (["--decay-end", "0"], "--decay-end 0"),  # exponential decay never reaches 0
     ],
 )
 def test_a_bad_run_option_is_one_line_and_leaves_no_run_directory(tmp_path, options, named):

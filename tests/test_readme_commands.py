@@ -24,7 +24,7 @@ SHRINK = {
     "standalone/occupancy.py": ["--epochs", "1", "--points-per-epoch", "2000", "--batch-size", "1000",
                                 "--heldout-points", "300", "--hidden-features", "8", "--num-layers", "2",
                                 "--mesh-resolution", "16"],
-    "advise image": ["--probe-steps", "4", "--size", "16", "--hidden-features", "8", "--num-layers", "2"],
+    "advise image": ["--probe-steps", "4", "--size", "16", "--hidden-features", "8", "--num-layers", "3"],
 }  # fmt: skip
 
 

@@ -156,3 +156,34 @@ def test_schedule_free_esgd_takes_hvps_and_resumes_bit_identically_from_an_eval_
     run(resumed, second, 7)
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_resumed_muon_follows_its_schedule_on_both_inner_optimizers():
+    """MuonAdam hands its groups to Muon and Adam; after load_state_dict they must still be the
+    groups the scheduler writes, or the lr freezes at its checkpoint value."""
+    from nf_precond_plugin.optim.hybrids import MuonAdam
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)
+        )
+        optimizer = MuonAdam(model, lr=0.02, adam_lr=1e-3)
+        return model, optimizer, lr_scheduler(optimizer, Schedule("cosine", 10, end_fraction=0.0))
+
+    def step(model, optimizer, scheduler):
+        training_step([optimizer], lambda: (model(torch.ones(4, 2)).square().mean(), None))
+        scheduler.step()
+        return optimizer.muon.param_groups[0]["lr"], optimizer.adam.param_groups[0]["lr"]
+
+    model, optimizer, scheduler = build()
+    whole = [step(model, optimizer, scheduler) for _ in range(6)]
+    model, optimizer, scheduler = build()
+    first = [step(model, optimizer, scheduler) for _ in range(3)]
+    saved_model, saved, saved_scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
+    model, optimizer, scheduler = build()
+    model.load_state_dict(saved_model)
+    optimizer.load_state_dict(saved)
+    scheduler.load_state_dict(saved_scheduler)
+    assert first + [step(model, optimizer, scheduler) for _ in range(3)] == whole
+    assert whole[-1][0] == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi * 6 / 10)))  # cosine, not frozen

@@ -19,7 +19,7 @@ import torch
 
 from nf_precond_plugin.curvature import SPARSE_FIELD, hvp_samples, zero_fraction
 from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.optim.factory import DEFAULT_OPTIMIZER
+from nf_precond_plugin.optim.factory import DEFAULT_OPTIMIZER, default_optimizer
 
 PROBE_TIE = 0.05
 """Probe losses within this relative margin of the best count as tied."""
@@ -33,9 +33,8 @@ default for such a field (``field_choices`` adapts it to a field without hidden 
 
 
 def field_choices(num_layers: int) -> dict[str, str]:
-    """``FIELD_CHOICES`` for a field of ``num_layers`` linear layers (Muon needs a hidden one)."""
-    sparse = DEFAULT_OPTIMIZER["sparse" if num_layers >= 3 else "sparse, no hidden layer"]
-    return {**FIELD_CHOICES, "sparse": sparse}
+    """``FIELD_CHOICES`` for a field of ``num_layers`` linear layers: the runs' defaults."""
+    return {"dense": default_optimizer("gaussian", num_layers), "sparse": default_optimizer("relu-pe", num_layers)}
 
 
 def curvature_measurements(

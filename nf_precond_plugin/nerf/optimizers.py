@@ -41,8 +41,8 @@ class _CurvatureOptimizerConfig(OptimizerConfig):
 
 @dataclass
 class ESGDOptimizerConfig(_CurvatureOptimizerConfig):
-    """The project's ESGD (bounded steps ρ, inverse-time lr, Adam-like steps for sparse-curvature
-    tensors); ``rule`` switches to the paper's ESGD or ESGD-max."""
+    """The project's ESGD (bounded steps ρ, Adam-like steps for sparse-curvature tensors; the lr
+    follows the method's scheduler); ``rule`` switches to the paper's ESGD or ESGD-max."""
 
     _target: type = ESGD
     rule: EsgdRule = "clipped"

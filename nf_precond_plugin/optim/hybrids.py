@@ -120,6 +120,9 @@ class MuonAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adam.load_state_dict(state_dict["adam"])
+        # torch's load_state_dict gives the inner optimizers new group dicts: share those again,
+        # or an lr scheduler over this optimizer would write lrs nobody reads
+        self.param_groups = self.muon.param_groups + self.adam.param_groups
 
 
 class SophiaHContract(SophiaH):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,10 +69,16 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _typed(value: Any, default: Any, where: str) -> Any:
-    """``value`` converted to the type of the constructor's ``default``, or UserInputError."""
+def _typed(value: Any, default: Any, where: str, annotation: Any = inspect.Parameter.empty) -> Any:
+    """``value`` converted to the type of the constructor's ``default`` (its annotation where the
+    default says too little: None, or an int 0 standing for a float), or UserInputError."""
     kind = type(default)
+    annotated = str(annotation)
     if default is None or default is inspect.Parameter.empty:
+        if isinstance(value, str) and not any(word in annotated for word in ("str", "Literal")):
+            raise UserInputError(f"{where}: expected a number or None ({annotated}), got {value!r}")
+        return value
+    if kind is int and "float" in annotated and isinstance(value, float):
         return value
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -104,7 +111,12 @@ def parse_optimizer_args(texts: tuple[str, ...] | list[str], names: list[str]) -
     parsed: dict[str, dict[str, Any]] = {name: {} for name in names}
     for text in texts:
         where = f"--optimizer-arg {text}"
-        target, _, assignment = text.rpartition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
+        name_part = text.partition("=")[0]  # a colon in the value is the value's
+        target, assignment = (
+            (name_part.partition(":")[0], text[len(name_part.partition(":")[0]) + 1 :])
+            if (":" in name_part)
+            else ("", text)
+        )
         key, equals, raw = assignment.partition("=")
         key = key.strip().replace("-", "_")
         if not equals or not key:
@@ -124,7 +136,8 @@ def parse_optimizer_args(texts: tuple[str, ...] | list[str], names: list[str]) -
                 raise UserInputError(
                     f"{where}: {name} has no argument {key}; expected one of {', '.join(accepted) or '(none)'}{hint}"
                 )
-            parsed[name][key] = _typed(_literal(raw.strip()), accepted[key].default, where)
+            parameter = accepted[key]
+            parsed[name][key] = _typed(_literal(raw.strip()), parameter.default, where, parameter.annotation)
     return parsed
 
 
@@ -151,7 +164,7 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
     resume = _resume_dir(argv)
     if resume is None:
         defaults, argv = config_defaults(config_type, argv)
-        return tyro.cli(config_type, args=argv, default=defaults, prog=prog)
+        return _with_absolute_inputs(tyro.cli(config_type, args=argv, default=defaults, prog=prog))
     if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
         raise UserInputError(f"--config with --resume {resume}: a resumed run takes its options from its own record")
     record_path = resume / "config.yaml"
@@ -164,7 +177,8 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
         raise UserInputError(
             f"--resume {resume}: {record_path} is not valid YAML ({error.__class__.__name__})"
         ) from None
-    config = tyro.cli(config_type, args=argv, default=recorded_config, prog=prog)
+    config = _with_absolute_inputs(tyro.cli(config_type, args=argv, default=recorded_config, prog=prog))
+    recorded_config = _with_absolute_inputs(recorded_config)
     for item in dataclasses.fields(config_type):
         if item.name in RESUME_MAY_CHANGE:
             continue
@@ -176,6 +190,18 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
                 f"resume it without {flag}, or start a new run"
             )
     return config
+
+
+def _with_absolute_inputs(config: ConfigT) -> ConfigT:
+    """``config`` with its input files (--image, --mesh, …) as absolute paths, so that the run's
+    record resumes from any working directory and a path given either way compares equal."""
+    outputs = {"output_dir", "resume"}
+    changes = {
+        item.name: Path(value).resolve()
+        for item in dataclasses.fields(config)
+        if item.name not in outputs and isinstance(value := getattr(config, item.name), Path)
+    }
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def _resume_dir(argv: list[str]) -> Path | None:
@@ -222,14 +248,16 @@ def parse_schedule(config: Any, names: list[str]) -> dict[str, Any]:
 
     if config.schedule is not None and config.schedule not in SCHEDULES:
         raise UserInputError(f"--schedule {config.schedule}: expected one of {', '.join(SCHEDULES)}")
-    if not config.warmup_epochs >= 0:
-        raise UserInputError(f"--warmup-epochs {config.warmup_epochs}: expected a number of epochs >= 0")
+    if not (config.warmup_epochs >= 0 and math.isfinite(config.warmup_epochs)):
+        raise UserInputError(f"--warmup-epochs {config.warmup_epochs:g}: expected a number of epochs >= 0")
     if config.warmup_epochs > config.epochs:
-        raise UserInputError(f"--warmup-epochs {config.warmup_epochs}: longer than the run ({config.epochs} epochs)")
-    if not config.decay_epochs > 0:
-        raise UserInputError(f"--decay-epochs {config.decay_epochs}: expected a number of epochs > 0")
-    if not 0 < config.decay_end <= 1:
-        raise UserInputError(f"--decay-end {config.decay_end}: expected a fraction of the initial lr in (0, 1]")
+        raise UserInputError(f"--warmup-epochs {config.warmup_epochs:g}: longer than the run ({config.epochs} epochs)")
+    if not (config.decay_epochs > 0 and math.isfinite(config.decay_epochs)):
+        raise UserInputError(f"--decay-epochs {config.decay_epochs:g}: expected a finite number of epochs > 0")
+    zero_allowed = config.schedule == "cosine"  # exponential decay never reaches 0
+    if not (0 <= config.decay_end <= 1 and (zero_allowed or config.decay_end > 0)):
+        interval = "[0, 1] for cosine" if config.schedule == "cosine" else "(0, 1] (cosine alone may end at 0)"
+        raise UserInputError(f"--decay-end {config.decay_end:g}: expected a fraction of the initial lr in {interval}")
     from nf_precond_plugin.optim.factory import optimizer_spec
 
     return {
@@ -244,7 +272,11 @@ def parse_schedule(config: Any, names: list[str]) -> dict[str, Any]:
 
 
 def check_optimizers_build(
-    task: Any, names: list[str], rates: dict[str, float], optimizer_args: dict[str, dict[str, Any]]
+    task: Any,
+    names: list[str],
+    rates: dict[str, float],
+    optimizer_args: dict[str, dict[str, Any]],
+    lr_given: bool = True,
 ) -> None:
     """Build every optimizer of the run once on the task's model, before anything is written, so
     that an lr or argument its constructor refuses is one line naming the option."""
@@ -256,8 +288,9 @@ def check_optimizers_build(
             build_optimizer(name, task.build_model(), rates[name], **overrides)
         except (ValueError, TypeError) as error:
             given = " ".join(f"{key}={value!r}" for key, value in optimizer_args.get(name, {}).items())
-            option = f"--lr {rates[name]:g}" + (f" / --optimizer-arg {given}" if given else "")
-            raise UserInputError(f"{option}: {name} refuses it ({error})") from None
+            options = [f"--optimizer {name}"] + ([f"--lr {rates[name]:g}"] if lr_given else [])
+            options += [f"--optimizer-arg {given}"] if given else []
+            raise UserInputError(f"{' / '.join(options)}: {name} refuses it ({error})") from None
 
 
 def standalone_main(
@@ -284,7 +317,7 @@ def standalone_main(
     optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
     schedules = parse_schedule(config, names)
     task = task_factory(config)
-    check_optimizers_build(task, names, rates, optimizer_args)
+    check_optimizers_build(task, names, rates, optimizer_args, lr_given=config.lr is not None)
     settings = RunSettings(
         optimizers=names,
         learning_rates=rates,

@@ -17,7 +17,8 @@ class FitConfig:
     """Activation of the coordinate MLP."""
     optimizer: str | None = None
     """A name from the optimizer registry (adam, esgd, muon, kfac, …); default: the project's choice
-    for the activation (esgd where H·v is dense, muon for relu-pe and relu)."""
+    for the activation (esgd where H·v is dense; muon for relu-pe and relu, adam if the field has no
+    hidden layer for Muon)."""
     compare: str | None = None
     """Comma-separated optimizers trained side by side from the same init and data, e.g. adam,esgd
     (overrides --optimizer)."""
@@ -25,13 +26,13 @@ class FitConfig:
     """Learning rate; default: each optimizer's default for the activation (the paper's where it gives one)."""
     schedule: str | None = None
     """The lr schedule: constant, inverse-time, exponential, cosine or schedule-free; default: each
-    optimizer's own (esgd: inverse-time, the rest: constant)."""
+    optimizer's own (the registry's: esgd inverse-time; muon, soap, kfac cosine; the rest constant)."""
     warmup_epochs: float = 0.0
     """Linear lr warm-up over this many epochs (any schedule)."""
     decay_epochs: float = 1.0
     """inverse-time: the lr halves after this many epochs."""
     decay_end: float = 0.1
-    """exponential and cosine: the last step's lr ÷ the initial lr."""
+    """exponential and cosine: the lr at the end of the run ÷ the initial lr."""
     optimizer_arg: tuple[str, ...] = ()
     """Constructor arguments, as [OPTIMIZER:]NAME=VALUE (Python literals), e.g. clip=1e-3 or
     esgd:betas=0.8,0.95; without OPTIMIZER:, for every optimizer run. See each optimizer's signature."""

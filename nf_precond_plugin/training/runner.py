@@ -107,8 +107,8 @@ def run_task(task: Task, settings: RunSettings) -> dict[str, Any]:
     except KeyboardInterrupt:
         kept = sorted(path.name for path in (run_dir / "checkpoints").glob("*.pt"))
         where = f"kept {run_dir} (checkpoints: {', '.join(kept)})" if kept else f"{run_dir} has no checkpoint yet"
-        how = settings.resume_command(run_dir) if settings.resume_command else f"--resume {run_dir}"
-        raise RunInterrupted(f"{where}; resume with: {how}") from None
+        how = f"resume with: {settings.resume_command(run_dir)}" if settings.resume_command else "start it again"
+        raise RunInterrupted(f"{where}; {how}") from None
     if not ranks.is_main:
         return short_summary(task, settings, results, run_dir)
     return write_reports(task, settings, histories, results, run_dir, ranks)
