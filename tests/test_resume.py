@@ -96,3 +96,17 @@ def test_resume_of_a_directory_without_a_record_is_one_line(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     result = image_cli("--resume", str(tmp_path / "empty"), cwd=tmp_path)
     assert result.returncode == 2 and "config.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_with_a_relative_image_resumes_from_another_directory(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    photo(tmp_path / "a" / "target.png")
+    first = image_cli(*OPTIONS, "--epochs", "1", "--image", "target.png", "--output-dir", "out", cwd=tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    run_dir = only_run_dir(tmp_path / "a" / "out")
+    (run_dir / "summary.json").unlink()
+    resumed = image_cli("--resume", str(run_dir), cwd=tmp_path / "b")
+    assert resumed.returncode == 0, resumed.stderr  # the record holds the image's absolute path
+    again = image_cli("--resume", str(run_dir), "--image", str(tmp_path / "a" / "target.png"), cwd=tmp_path / "b")
+    assert "already complete" in again.stderr  # the same file, given absolute: no contradiction

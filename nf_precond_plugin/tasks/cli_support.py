@@ -164,7 +164,7 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
     resume = _resume_dir(argv)
     if resume is None:
         defaults, argv = config_defaults(config_type, argv)
-        return _with_absolute_inputs(tyro.cli(config_type, args=argv, default=defaults, prog=prog))
+        return tyro.cli(config_type, args=argv, default=defaults, prog=prog)
     if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
         raise UserInputError(f"--config with --resume {resume}: a resumed run takes its options from its own record")
     record_path = resume / "config.yaml"
@@ -177,12 +177,13 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
         raise UserInputError(
             f"--resume {resume}: {record_path} is not valid YAML ({error.__class__.__name__})"
         ) from None
-    config = _with_absolute_inputs(tyro.cli(config_type, args=argv, default=recorded_config, prog=prog))
-    recorded_config = _with_absolute_inputs(recorded_config)
+    config = tyro.cli(config_type, args=argv, default=recorded_config, prog=prog)
+    given_config, recorded_config = _with_absolute_inputs(config), _with_absolute_inputs(recorded_config)
     for item in dataclasses.fields(config_type):
         if item.name in RESUME_MAY_CHANGE:
             continue
-        given, kept = _plain_value(getattr(config, item.name)), _plain_value(getattr(recorded_config, item.name))
+        given = _plain_value(getattr(given_config, item.name))
+        kept = _plain_value(getattr(recorded_config, item.name))
         if given != kept:
             flag = "--" + item.name.replace("_", "-")
             raise UserInputError(
@@ -193,8 +194,9 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
 
 
 def _with_absolute_inputs(config: ConfigT) -> ConfigT:
-    """``config`` with its input files (--image, --mesh, …) as absolute paths, so that the run's
-    record resumes from any working directory and a path given either way compares equal."""
+    """``config`` with its input files (--image, --mesh, …) as absolute paths: the run's record,
+    which resumes from any working directory, and a path given either way compares equal. (Errors
+    name the files as the user typed them.)"""
     outputs = {"output_dir", "resume"}
     changes = {
         item.name: Path(value).resolve()
@@ -330,7 +332,7 @@ def standalone_main(
         resume_command=lambda run_dir: printed_command("python", sys.argv[0], "--resume", run_dir),
         optimizer_args=optimizer_args,
         schedules=schedules,
-        config=dataclasses.asdict(config),
+        config=dataclasses.asdict(_with_absolute_inputs(config)),  # the record resumes from anywhere
         device=str(training_device(config.device)),
     )
     ranks = join_process_group(torch.device(settings.device).type)  # gloo on the CPU, nccl on CUDA
