@@ -87,37 +87,17 @@ def cell_path(stage: str, field_name: str, photo: str, entry: Entry, lr: float, 
 
 def run_cell(field_name: str, photo: str, entry: Entry, lr: float, seed: int, size: int, epochs: int) -> dict:
     import torch
+    from league import LeagueTask, train
 
-    from nf_precond_plugin.errors import TrainingDiverged
     from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
-    from nf_precond_plugin.training.runner import RunSettings, build_run, train_epoch
     from nf_precond_plugin.training.schedules import ScheduleChoice
 
     config = ImageConfig(image=PHOTOS / f"{photo}.png", activation=field_name, size=size, seed=seed)
-    task = ImageTask(config)
+    league = LeagueTask(field_name, ImageTask(config), "psnr", config.batch_size)
     torch.manual_seed(seed)
-    initial = task.build_model().state_dict()
+    initial = league.task.build_model().state_dict()
     schedule = ScheduleChoice(entry.schedule, warmup_epochs=entry.warmup_fraction * epochs)
-    settings = RunSettings(
-        [entry.optimizer],
-        {entry.optimizer: lr},
-        epochs,
-        config.batch_size,
-        seed=seed,
-        progress=False,
-        schedules={entry.optimizer: schedule},
-        optimizer_args={entry.optimizer: dict(entry.args)},
-    )
-    torch.manual_seed(seed)  # the probe seed, as the runner draws it
-    run = build_run(task, settings, entry.optimizer, initial, Path("/nonexistent"))
-    curve, diverged = [], None
-    while run.epoch < epochs:
-        try:
-            row = train_epoch(task, settings, run)
-        except TrainingDiverged:
-            diverged = run.epoch + 1
-            break
-        curve.append(float(row["psnr"]))
+    result = train(league, entry.optimizer, lr, epochs, seed, initial, Path("/nonexistent"), schedule, entry.args)
     return {
         "field": field_name,
         "photo": photo,
@@ -129,10 +109,10 @@ def run_cell(field_name: str, photo: str, entry: Entry, lr: float, seed: int, si
         "seed": seed,
         "size": size,
         "epochs": epochs,
-        "psnr": curve,
-        "diverged_at_epoch": diverged,
-        "seconds": run.wall_seconds,
-        "seconds_per_step": run.wall_seconds / max(run.step, 1),
+        "psnr": result["curve"],
+        "diverged_at_epoch": result["diverged_at_epoch"],
+        "seconds": result["seconds"][-1] if result["seconds"] else 0.0,
+        "seconds_per_step": result["seconds_per_step"],
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
@@ -154,10 +134,7 @@ def chosen_lrs(field_name: str, epochs: int) -> dict[str, float]:
     by_entry: dict[str, dict[float, list[float]]] = {}
     for cell in load_cells("sweep", field_name):
         by_entry.setdefault(cell["entry"], {}).setdefault(cell["lr"], []).append(score(cell, epochs))
-    return {
-        entry: max(lrs, key=lambda lr: statistics.fmean(lrs[lr]) if math.inf not in lrs[lr] else -math.inf)
-        for entry, lrs in by_entry.items()
-    }
+    return {entry: max(lrs, key=lambda lr: statistics.fmean(lrs[lr])) for entry, lrs in by_entry.items()}
 
 
 def plan(args: argparse.Namespace) -> list[tuple]:

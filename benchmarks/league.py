@@ -39,6 +39,7 @@ from nf_precond_plugin.errors import TrainingDiverged
 from nf_precond_plugin.optim.factory import OPTIMIZERS
 from nf_precond_plugin.runtime import configure_entry_point
 from nf_precond_plugin.training.runner import RunSettings, build_run, train_epoch
+from nf_precond_plugin.training.schedules import ScheduleChoice
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LION = SHARED / "div2k" / "test_data" / "14.png"
@@ -95,13 +96,31 @@ def make_task(name: str, size: int, points: int) -> LeagueTask:
 
 
 def train(
-    league: LeagueTask, optimizer: str, lr: float, epochs: int, seed: int, initial: dict, scratch: Path
+    league: LeagueTask,
+    optimizer: str,
+    lr: float,
+    epochs: int,
+    seed: int,
+    initial: dict,
+    scratch: Path,
+    schedule: ScheduleChoice | None = None,
+    optimizer_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One entry: ``epochs`` epochs from ``initial``; the metric per epoch and the times."""
+    """One entry: ``epochs`` epochs from ``initial`` under ``schedule`` (None: the optimizer's
+    default) with constructor ``optimizer_args``; the metric per epoch and the times."""
     task = league.task
-    settings = RunSettings([optimizer], {optimizer: lr}, epochs, league.batch_size, seed=seed, progress=False)
-    run = build_run(task, settings, optimizer, initial, scratch)  # its default schedule
-    torch.manual_seed(seed)
+    settings = RunSettings(
+        [optimizer],
+        {optimizer: lr},
+        epochs,
+        league.batch_size,
+        seed=seed,
+        progress=False,
+        schedules={optimizer: schedule} if schedule is not None else {},
+        optimizer_args={optimizer: dict(optimizer_args or {})},
+    )
+    torch.manual_seed(seed)  # the probe seed, drawn at construction as the runner draws it
+    run = build_run(task, settings, optimizer, initial, scratch)
     curve, seconds, diverged = [], [], None
     while run.epoch < epochs:
         try:

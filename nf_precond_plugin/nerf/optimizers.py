@@ -70,10 +70,10 @@ class ESGDOptimizerConfig(_CurvatureOptimizerConfig):
 
 
 @dataclass
-class PaperESGDOptimizerConfig(_CurvatureOptimizerConfig):
-    """The paper's ESGD; ``rule`` switches to the project's (clipped) or ESGD-max."""
+class _PaperRuleConfig(_CurvatureOptimizerConfig):
+    """The fields the paper's two rules share; ESGD-max has the same defaults as the paper's ESGD
+    (a test checks every field against its own class's constructor)."""
 
-    _target: type = PaperESGD
     rule: EsgdRule = "paper"
     """Which ESGD: clipped (the project's), paper or max (the paper's ESGD, ESGD-max). Switching
     keeps the fields set away from this config's defaults, where the other rule has them, and
@@ -83,42 +83,32 @@ class PaperESGDOptimizerConfig(_CurvatureOptimizerConfig):
     eps: float = _default(PaperESGD, "eps")
     """Added to the preconditioner's square root before dividing."""
     betas: tuple[float, float] = _default(PaperESGD, "betas")
-    """Momentum and curvature-EMA coefficients."""
+    """Momentum and curvature-accumulator coefficients."""
     weight_decay: float = _default(PaperESGD, "weight_decay")
     """Decoupled weight decay."""
     update_d_every: int = _default(PaperESGD, "update_d_every")
     """Steps between Hessian-vector products after the warm-up."""
     d_warmup: int = _default(PaperESGD, "d_warmup")
     """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
-    bias_correction: Literal["paper", "hvp"] = _default(PaperESGD, "bias_correction")
-    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products."""
     probe_seed: int | None = _default(PaperESGD, "probe_seed")
     """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
 
 
 @dataclass
-class ESGDMaxOptimizerConfig(_CurvatureOptimizerConfig):
+class PaperESGDOptimizerConfig(_PaperRuleConfig):
+    """The paper's ESGD; ``rule`` switches to the project's (clipped) or ESGD-max."""
+
+    _target: type = PaperESGD
+    bias_correction: Literal["paper", "hvp"] = _default(PaperESGD, "bias_correction")
+    """Debias the curvature EMA by optimizer steps (the paper's code) or by Hessian-vector products."""
+
+
+@dataclass
+class ESGDMaxOptimizerConfig(_PaperRuleConfig):
     """The paper's ESGD-max (decayed running max of (Hv)²); ``rule`` switches to another ESGD."""
 
     _target: type = ESGDMax
     rule: EsgdRule = "max"
-    """Which ESGD: clipped (the project's), paper or max (the paper's ESGD, ESGD-max). Switching
-    keeps the fields set away from this config's defaults, where the other rule has them, and
-    gives every other field the other rule's default."""
-    lr: float = _default(ESGDMax, "lr")
-    """Learning rate."""
-    eps: float = _default(ESGDMax, "eps")
-    """Added to the preconditioner's square root before dividing."""
-    betas: tuple[float, float] = _default(ESGDMax, "betas")
-    """Momentum and running-max decay coefficients."""
-    weight_decay: float = _default(ESGDMax, "weight_decay")
-    """Decoupled weight decay."""
-    update_d_every: int = _default(ESGDMax, "update_d_every")
-    """Steps between Hessian-vector products after the warm-up."""
-    d_warmup: int = _default(ESGDMax, "d_warmup")
-    """Every one of the first ``d_warmup`` steps takes a Hessian-vector product."""
-    probe_seed: int | None = _default(ESGDMax, "probe_seed")
-    """Seed of the probe generator (None: drawn from torch's RNG, which --machine.seed seeds)."""
 
 
 ESGD_RULE_CONFIGS: dict[str, type[OptimizerConfig]] = {

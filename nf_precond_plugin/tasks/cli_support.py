@@ -161,6 +161,8 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
     own record (DIR/config.yaml), where a flag that contradicts it is refused in one line."""
     import tyro
 
+    from nf_precond_plugin.training.reports import plain
+
     resume = _resume_dir(argv)
     if resume is None:
         defaults, argv = config_defaults(config_type, argv)
@@ -182,8 +184,8 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
     for item in dataclasses.fields(config_type):
         if item.name in RESUME_MAY_CHANGE:
             continue
-        given = _plain_value(getattr(given_config, item.name))
-        kept = _plain_value(getattr(recorded_config, item.name))
+        # compared as the record holds them (paths as strings, tuples as lists)
+        given, kept = plain(getattr(given_config, item.name)), plain(getattr(recorded_config, item.name))
         if given != kept:
             flag = "--" + item.name.replace("_", "-")
             raise UserInputError(
@@ -213,14 +215,6 @@ def _resume_dir(argv: list[str]) -> Path | None:
         if arg.startswith("--resume="):
             return Path(arg.split("=", 1)[1])
     return None
-
-
-def _plain_value(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain_value(item) for item in value]
-    return value
 
 
 def _config_from_record(config_type: type[ConfigT], recorded: Any, record_path: Path) -> ConfigT:
