@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "div2k" / "test_data"
 RESULTS = ROOT / "benchmarks" / "results" / "fair_league"
 REPORT_EPOCHS = (1, 2, 5, 10, 20, 30, 50)
+FIRST_ORDER = ("adam", "sf-adamw", "muon")
+"""The optimizers of the first-order recipes the project's claim is held against."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,40 @@ def command_run(args: argparse.Namespace) -> None:
               f"{last:.2f} dB, {result['seconds']:.0f} s", flush=True)  # fmt: skip
 
 
+def against_best_first_order(cells: list[dict], entries: dict[str, dict], epochs: int) -> list[str]:
+    """The ESGD entries against the best first-order recipe (by the mean at the last epoch): the
+    margin at each reported epoch, and on how many photos (mean over seeds) they end at or above it."""
+    first_order = {name: e for name, e in entries.items() if entry_by_name(name).optimizer in FIRST_ORDER}
+    if not first_order:
+        return []
+    peer = max(first_order, key=lambda name: first_order[name]["mean_psnr"][-1])
+    epochs_shown = [e for e in REPORT_EPOCHS if e <= epochs]
+
+    def final_by_photo(name: str) -> dict[str, float]:
+        by_photo: dict[str, list[float]] = {}
+        for c in cells:
+            if c["entry"] == name:
+                by_photo.setdefault(c["photo"], []).append(score(c, epochs))
+        return {photo: statistics.fmean(values) for photo, values in by_photo.items()}
+
+    peer_final = final_by_photo(peer)
+    lines = [
+        f"Against the best first-order recipe, **{peer}** (lr {entries[peer]['lr']:g}): margin in dB "
+        "(mean over photos and seeds), and photos where the entry ends at or above it:",
+        "",
+        "| entry | " + " | ".join(f"ep {e}" for e in epochs_shown) + " | photos won at the end |",
+        "|---|" + "---|" * (len(epochs_shown) + 1),
+    ]
+    for name, entry in entries.items():
+        if entry_by_name(name).optimizer not in ("esgd", "esgd-paper"):
+            continue
+        margins = [a - b for a, b in zip(entry["mean_psnr"], entries[peer]["mean_psnr"])]
+        mine = final_by_photo(name)
+        won = sum(1 for photo in peer_final if photo in mine and mine[photo] >= peer_final[photo])
+        lines.append(f"| {name} | " + " | ".join(f"{m:+.2f}" for m in margins) + f" | {won} of {len(peer_final)} |")
+    return lines
+
+
 def command_report(args: argparse.Namespace) -> None:
     summary: dict[str, Any] = {}
     lines: list[str] = []
@@ -203,11 +239,13 @@ def command_report(args: argparse.Namespace) -> None:
                 continue
             means = [statistics.fmean(c["psnr"][e - 1] for c in mine) for e in REPORT_EPOCHS if e <= args.epochs]
             worst = min(mine, key=lambda c: c["psnr"][-1])
-            field_summary[entry] = {"lr": mine[0]["lr"], "mean_psnr": means, "cells": len(mine)}
+            diverged = sum(1 for c in chosen if c["entry"] == entry) - len(mine)
+            field_summary[entry] = {"lr": mine[0]["lr"], "mean_psnr": means, "cells": len(mine), "diverged": diverged}
             lines.append(
                 f"| {entry} | {mine[0]['lr']:g} | " + " | ".join(f"{m:.2f}" for m in means)
                 + f" | {worst['photo']}: {worst['psnr'][-1]:.2f} |"
             )  # fmt: skip
+        lines += ["", *against_best_first_order(chosen, field_summary, args.epochs)]
         summary[field_name] = {"stage": stage, "lrs": lrs, "entries": field_summary}
         lines.append("")
     text = "\n".join(lines)
