@@ -33,7 +33,7 @@ def test_a_gaussian_and_a_relu_pe_field_on_the_same_image_get_different_advice()
     assert gaussian["hvp_zero_fraction"] < SPARSE_FIELD <= relu_pe["hvp_zero_fraction"]
     # the fair league's winners: a curvature optimizer where H·v is dense, Muon where it is sparse
     assert (gaussian["recommended"], relu_pe["recommended"]) == ("esgd", "muon")
-    assert (gaussian["schedule"], relu_pe["schedule"]) == ("inverse-time", "cosine")
+    assert (gaussian["schedule"], relu_pe["schedule"]) == ("schedule-free", "cosine")
     for advice in (gaussian, relu_pe):
         assert f"{advice['lr']:g}" in advice["probe"][advice["recommended"]]  # a probed lr, not a made-up one
 

@@ -99,7 +99,7 @@ def test_one_recommend_applies_the_tie_rule_to_fields_and_nerfs():
     # field: both optimizers probe their lr; 1.04 is tied with the best 1.0, 1.06 is not
     field = {"esgd": {"0.5": 1.06, "1": 1.04, "2": 1.0}, "muon": {"0.002": None, "0.005": 2.08, "0.02": 2.0}}
     assert {k: v for k, v in recommend(DENSE, field).items() if k != "reason"} == {
-        "recommended": "esgd", "lr": 1.0, "schedule": "inverse-time"
+        "recommended": "esgd", "lr": 1.0, "schedule": "schedule-free"
     }  # fmt: skip
     assert {k: v for k, v in recommend(SPARSE, field).items() if k != "reason"} == {
         "recommended": "muon", "lr": 0.005, "schedule": "cosine"

@@ -246,16 +246,54 @@ def test_shampoo_is_pytorch_optimizer_shampoo_and_moves_every_parameter():
         assert not torch.equal(p, b)
 
 
-def test_the_decay_span_of_esgd_is_one_epoch_of_the_run(tmp_path):
-    """ESGD's default schedule is inverse-time with T = one epoch of the run's own task."""
+def test_the_inverse_time_decay_span_is_one_epoch_of_the_run(tmp_path):
+    """--schedule inverse-time (ESGD's former default) halves the lr after one epoch of the run's own task."""
     from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
     from nf_precond_plugin.training.runner import RunSettings, build_run
+    from nf_precond_plugin.training.schedules import ScheduleChoice
 
     task = ImageTask(ImageConfig(size=24, hidden_features=8, num_layers=2))
-    settings = RunSettings(["esgd", "adam"], {"esgd": 1.0, "adam": 1e-3}, epochs=3, batch_size=96)
+    settings = RunSettings(
+        ["esgd", "adam"], {"esgd": 1.0, "adam": 1e-3}, epochs=3, batch_size=96,
+        schedules={"esgd": ScheduleChoice("inverse-time")},
+    )  # fmt: skip
     steps_per_epoch = 24 * 24 // 96
     esgd = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path)
     factors = [esgd.scheduler.lr_lambdas[0](k) for k in (0, steps_per_epoch, 2 * steps_per_epoch)]
     assert factors == pytest.approx([1.0, 1 / 2, 1 / 3])  # halved after one epoch, a third after two
     adam = build_run(task, settings, "adam", task.build_model().state_dict(), tmp_path)
     assert adam.scheduler.lr_lambdas[0](2 * steps_per_epoch) == 1.0  # constant
+
+
+def test_schedule_free_runs_turn_the_base_momentum_off_unless_asked(tmp_path):
+    """Schedule-free averaging replaces a wrapped optimizer's β₁ with 0 (β₂ kept); betas given by
+    the user stay; an optimizer that averages by itself (ScheduleFreeAdamW) is neither wrapped nor changed."""
+    from pytorch_optimizer import ScheduleFreeAdamW
+
+    from nf_precond_plugin.optim.schedule_free import ScheduleFree
+    from nf_precond_plugin.tasks.image import ImageConfig, ImageTask
+    from nf_precond_plugin.training.runner import RunSettings, build_run
+    from nf_precond_plugin.training.schedules import ScheduleChoice
+
+    task = ImageTask(ImageConfig(size=24, hidden_features=8, num_layers=3))
+    names = ["esgd", "adam", "sf-adamw", "muon"]
+    free = ScheduleChoice("schedule-free")
+
+    def built(name: str, **args):
+        settings = RunSettings(
+            names, dict.fromkeys(names, 1e-3), epochs=2, batch_size=96,
+            schedules=dict.fromkeys(names, free), optimizer_args={name: args},
+        )  # fmt: skip
+        return build_run(task, settings, name, task.build_model().state_dict(), tmp_path).optimizer
+
+    esgd, adam = built("esgd"), built("adam")
+    assert isinstance(esgd, ScheduleFree) and esgd.param_groups[0]["betas"] == (0.0, 0.9)
+    assert isinstance(adam, ScheduleFree) and adam.param_groups[0]["betas"] == (0.0, 0.999)
+    assert built("esgd", betas=(0.5, 0.8)).param_groups[0]["betas"] == (0.5, 0.8)
+    sf_adamw = built("sf-adamw")
+    assert type(sf_adamw) is ScheduleFreeAdamW and sf_adamw.param_groups[0]["betas"] == (0.9, 0.999)
+    assert isinstance(built("muon"), ScheduleFree)  # no betas: nothing to turn off
+    # the default run of ESGD is this one
+    settings = RunSettings(["esgd"], {"esgd": 1.0}, epochs=2, batch_size=96)
+    default = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path).optimizer
+    assert isinstance(default, ScheduleFree) and default.param_groups[0]["betas"] == (0.0, 0.9)

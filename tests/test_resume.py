@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from test_image_task import ROOT, image_cli, only_run_dir
 
 # slow enough that a SIGINT sent when the second optimizer's first row appears lands mid-run
@@ -83,6 +84,12 @@ def test_a_flag_that_contradicts_the_record_is_refused_in_one_line(tmp_path):
     first = image_cli(*OPTIONS, "--epochs", "1", "--output-dir", "out", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = only_run_dir(tmp_path / "out")
+    # the record pins the defaults as resolved, so a resume keeps them if a default changes later
+    from nf_precond_plugin.optim.factory import default_lr, optimizer_spec
+
+    record = yaml.safe_load((run_dir / "config.yaml").read_text())
+    name = record["optimizer"]
+    assert (record["lr"], record["schedule"]) == (default_lr(name, "gaussian"), optimizer_spec(name).schedule)
     (run_dir / "summary.json").unlink()  # make it look interrupted, so only the flag can be the problem
     refused = image_cli("--resume", str(run_dir), "--epochs", "5", cwd=tmp_path)
     assert refused.returncode == 2

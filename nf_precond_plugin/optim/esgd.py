@@ -194,7 +194,7 @@ _COMMON_ARGS = """
 class ESGD(CurvatureOptimizer):
     """The project's ESGD: equilibration-preconditioned momentum with a bounded step and Adam's
     normalised step on sparse-curvature tensors (module docstring). Its lr follows the run's
-    schedule (the standalone runs default to inverse-time decay over one epoch for it).
+    schedule (the standalone runs default to schedule-free averaging for it, with β₁ = 0).
 
     Args:{common}
         clip: ρ, the bound of every preconditioned step before the lr.

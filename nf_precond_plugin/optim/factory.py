@@ -105,9 +105,11 @@ _SPECS: dict[str, OptimizerSpec] = {
         fixed={"momentum": 0.0},
     ),
     "esgd": OptimizerSpec(
-        "ESGD, the project's rule (bounded steps, inverse-time lr, sparse-curvature fallback)",
+        "ESGD, the project's rule (bounded steps, sparse-curvature fallback), schedule-free",
         f"{_ESGD}:ESGD",
-        schedule="inverse-time",  # the decay it carried inside its update until schedules were the run's
+        # the fair league's best schedule for it (benchmarks/README.md), with β₁ = 0 there (the
+        # runner's rule for schedule-free); `--schedule inverse-time` is its former default
+        schedule="schedule-free",
     ),
     "esgd-paper": OptimizerSpec("ESGD, the paper's rule and settings", f"{_ESGD}:PaperESGD", **_CURVATURE_PAPER_LRS),
     "esgd-max": OptimizerSpec(
@@ -140,6 +142,7 @@ _SPECS: dict[str, OptimizerSpec] = {
         "torch.optim.Muon on hidden weights (float32 Newton–Schulz on the CPU), Adam 1e-3 on the rest",
         "nf_precond_plugin.optim.hybrids:MuonAdam",
         takes_model=True,
+        relu_lr=0.02,  # the fair league's best on ReLU-PE fields (the advisor probes it too)
         schedule="cosine",  # the INR recipe: Muon and its Adam both cosine
     ),
     "sophiah": OptimizerSpec(
@@ -163,6 +166,19 @@ def default_optimizer(activation: str, num_layers: int) -> str:
     if activation not in RELU_LIKE:
         return DEFAULT_OPTIMIZER["dense"]
     return DEFAULT_OPTIMIZER["sparse" if num_layers >= 3 else "sparse, no hidden layer"]
+
+
+def without_momentum(name: str) -> dict[str, Any]:
+    """Constructor arguments that turn off ``name``'s gradient momentum (β₁ = 0, its β₂ kept), for
+    schedule-free averaging: there the interpolation between the base sequence and its average
+    takes momentum's place (schedule-free AdamW is Adam with β₁ = 0 inside the averaging). {} for
+    an optimizer without ``betas``."""
+    spec = optimizer_spec(name)
+    parameters = inspect.signature(spec.constructor()).parameters
+    if "betas" not in parameters:
+        return {}
+    betas = spec.fixed.get("betas", parameters["betas"].default)
+    return {"betas": (0.0, betas[1])}
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:

@@ -314,6 +314,12 @@ def standalone_main(
     schedules = parse_schedule(config, names)
     task = task_factory(config)
     check_optimizers_build(task, names, rates, optimizer_args, lr_given=config.lr is not None)
+    # the record holds the defaults as resolved where one value serves every optimizer of the run,
+    # so that a resumed run keeps them when a default changes
+    if config.lr is None and len(set(rates.values())) == 1:
+        config = dataclasses.replace(config, lr=next(iter(rates.values())))
+    if config.schedule is None and len({choice.name for choice in schedules.values()}) == 1:
+        config = dataclasses.replace(config, schedule=next(iter(schedules.values())).name)
     settings = RunSettings(
         optimizers=names,
         learning_rates=rates,

@@ -29,7 +29,7 @@ import torch
 
 from nf_precond_plugin.curvature import active_process_group, all_reduce_mean_
 from nf_precond_plugin.errors import RunInterrupted, TrainingDiverged, UserInputError
-from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel, optimizer_spec
+from nf_precond_plugin.optim.factory import build_optimizer, check_data_parallel, optimizer_spec, without_momentum
 from nf_precond_plugin.optim.schedule_free import ScheduleFree
 from nf_precond_plugin.rundir import new_run_dir
 from nf_precond_plugin.training.distributed import Ranks, current_ranks, from_main, local_shard, peers_watched
@@ -150,15 +150,17 @@ def schedule_of(settings: RunSettings, name: str) -> ScheduleChoice:
 
 def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict, run_dir: Path) -> OptimizerRun:
     """A model at the shared initial weights, a fresh optimizer over it, and its lr schedule
-    (a schedule-free one wraps the optimizer in ``ScheduleFree`` unless it averages by itself)."""
+    (a schedule-free one wraps the optimizer, with its momentum off unless asked for, in
+    ``ScheduleFree``, unless it averages by itself)."""
     model = task.build_model().to(settings.device)
     model.load_state_dict(initial_state)
-    task_overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
-    overrides = {**task_overrides, **settings.optimizer_args.get(name, {})}
-    optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
     choice = schedule_of(settings, name)
     schedule = choice.in_steps(task.samples_per_epoch // settings.batch_size, settings.epochs)
-    if schedule.averages_weights and not isinstance(optimizer, AveragesWeights):
+    wrap = schedule.averages_weights and not issubclass(optimizer_spec(name).constructor(), AveragesWeights)
+    task_overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
+    overrides = {**(without_momentum(name) if wrap else {}), **task_overrides, **settings.optimizer_args.get(name, {})}
+    optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
+    if wrap:
         optimizer = ScheduleFree(optimizer)
     run = OptimizerRun(name, model, optimizer, run_dir / "checkpoints" / f"{name}.pt", schedule=choice)
     run.scheduler = lr_scheduler(optimizer, schedule)
