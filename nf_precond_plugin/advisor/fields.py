@@ -14,8 +14,10 @@ import torch
 
 from nf_precond_plugin.advisor.recommend import curvature_measurements, field_choices
 from nf_precond_plugin.errors import UserInputError
-from nf_precond_plugin.optim.factory import build_optimizer
+from nf_precond_plugin.optim.factory import optimizer_spec
 from nf_precond_plugin.tasks.occupancy import OccupancyConfig
+from nf_precond_plugin.training.runner import build_scheduled_optimizer
+from nf_precond_plugin.training.schedules import ScheduleChoice
 from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 
 if TYPE_CHECKING:
@@ -26,6 +28,11 @@ PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "muon": (0.0
 best on smooth and on ReLU-PE fields)."""
 WARM_STEPS = 20
 """Adam steps (lr 1e-3) before the H·v density is measured."""
+
+
+def averages_weights(name: str) -> bool:
+    """Whether ``name``'s default schedule averages the weights (schedule-free)."""
+    return ScheduleChoice(optimizer_spec(name).schedule).averages_weights
 
 
 def lr_probe(
@@ -46,7 +53,8 @@ def lr_probe(
         for lr in rates:
             model = build_model()
             model.load_state_dict(initial)
-            optimizer = build_optimizer(name, model, lr)
+            # as a run would build it under the optimizer's default schedule (schedule-free: wrapped)
+            optimizer = build_scheduled_optimizer(name, model, lr, averages_weights(name), {})
             torch.manual_seed(seed)
             losses = []
             try:

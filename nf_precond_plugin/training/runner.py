@@ -148,20 +148,28 @@ def schedule_of(settings: RunSettings, name: str) -> ScheduleChoice:
     return settings.schedules.get(name) or ScheduleChoice(optimizer_spec(name).schedule)
 
 
+def build_scheduled_optimizer(
+    name: str, model: torch.nn.Module, lr: float, averages_weights: bool, overrides: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """``build_optimizer``, wrapped in ``ScheduleFree`` for a schedule that averages the weights
+    (with the optimizer's own momentum off, unless ``overrides`` set betas), except for an
+    optimizer that averages by itself."""
+    wrap = averages_weights and not issubclass(optimizer_spec(name).constructor(), AveragesWeights)
+    optimizer = build_optimizer(name, model, lr, **{**(without_momentum(name) if wrap else {}), **overrides})
+    return ScheduleFree(optimizer) if wrap else optimizer
+
+
 def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict, run_dir: Path) -> OptimizerRun:
-    """A model at the shared initial weights, a fresh optimizer over it, and its lr schedule
-    (a schedule-free one wraps the optimizer, with its momentum off unless asked for, in
-    ``ScheduleFree``, unless it averages by itself)."""
+    """A model at the shared initial weights, a fresh optimizer over it, and its lr schedule."""
     model = task.build_model().to(settings.device)
     model.load_state_dict(initial_state)
     choice = schedule_of(settings, name)
     schedule = choice.in_steps(task.samples_per_epoch // settings.batch_size, settings.epochs)
-    wrap = schedule.averages_weights and not issubclass(optimizer_spec(name).constructor(), AveragesWeights)
     task_overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
-    overrides = {**(without_momentum(name) if wrap else {}), **task_overrides, **settings.optimizer_args.get(name, {})}
-    optimizer = build_optimizer(name, model, settings.learning_rates[name], **overrides)
-    if wrap:
-        optimizer = ScheduleFree(optimizer)
+    overrides = {**task_overrides, **settings.optimizer_args.get(name, {})}
+    optimizer = build_scheduled_optimizer(
+        name, model, settings.learning_rates[name], schedule.averages_weights, overrides
+    )
     run = OptimizerRun(name, model, optimizer, run_dir / "checkpoints" / f"{name}.pt", schedule=choice)
     run.scheduler = lr_scheduler(optimizer, schedule)
     return run

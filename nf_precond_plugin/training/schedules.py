@@ -58,7 +58,7 @@ class Schedule:
 
     @property
     def averages_weights(self) -> bool:
-        return self.name == "schedule-free"
+        return ScheduleChoice(self.name).averages_weights
 
     def factor(self, step: int) -> float:
         """w(k) · f(k) at 0-based step k (the module docstring's closed forms)."""
@@ -91,6 +91,10 @@ class ScheduleChoice:
     """T of inverse-time decay, in epochs."""
     end_fraction: float = 0.1
     """ρ of exponential and cosine decay."""
+
+    @property
+    def averages_weights(self) -> bool:
+        return self.name == "schedule-free"
 
     def in_steps(self, steps_per_epoch: int, epochs: int) -> Schedule:
         return Schedule(
