@@ -106,8 +106,8 @@ PROBES: tuple[Entry, ...] = tuple(
         ("eps 1e-5", {"eps": 1e-5}, (0.25, 1.0), 0.0),
     )
 )
-"""One change at a time to the default (``--stage probe``, photo 00, seed 0): what the default keeps
-is what these measured."""
+"""One change at a time to the default (``run --stage probe --photos 00``, seed 0): what the
+default keeps is what these measured."""
 
 
 def entry_by_name(name: str) -> Entry:
@@ -246,6 +246,9 @@ def command_run(args: argparse.Namespace) -> None:
             os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             continue
+        if path.exists():  # finished by another process between the check and the claim
+            partial.unlink()
+            continue
         try:
             result = run_cell(field_name, photo, entry, lr, seed, args.size, args.epochs)
         except BaseException:
@@ -263,39 +266,48 @@ OURS = ("esgd", "esgd-paper")
 
 
 def against_peers(cells: list[dict], entries: dict[str, dict], peers: set[str], title: str) -> list[str]:
-    """The project's entries against ``peers``: at each reported epoch the margin to the best peer
-    *at that epoch* (mean over photos and seeds), and on how many photos (mean over seeds) the entry
-    ends at or above the peer that is best at the end."""
+    """The project's entries against ``peers``: at each reported epoch the margin to the peer that is
+    best *at that epoch* (by its mean), and on how many photos (mean over seeds) the entry ends at or
+    above the peer that is best at the end. Margins and wins count only the (photo, seed) cells both
+    have, so an entry still running is compared on its own photos."""
     peers = {name for name in peers if name in entries}
     if not peers:
         return []
     final_peer = max(peers, key=lambda name: entries[name]["mean"][-1])
     epochs = entries[final_peer]["epochs"]
+    curves: dict[str, dict[tuple[str, int], list[float]]] = {}
+    for c in cells:
+        if score(c) > -math.inf:
+            curves.setdefault(c["entry"], {})[(c["photo"], c["seed"])] = curve(c)
 
-    def final_by_photo(name: str) -> dict[str, float]:
+    def margin(name: str, peer: str, epoch: int) -> float:
+        shared = curves.get(name, {}).keys() & curves.get(peer, {}).keys()
+        if not shared:
+            return math.nan
+        return statistics.fmean(curves[name][key][epoch - 1] - curves[peer][key][epoch - 1] for key in shared)
+
+    def wins(name: str) -> tuple[int, int]:
         by_photo: dict[str, list[float]] = {}
-        for c in cells:
-            if c["entry"] == name:
-                by_photo.setdefault(c["photo"], []).append(score(c))
-        return {photo: statistics.fmean(values) for photo, values in by_photo.items()}
+        for key in curves.get(name, {}).keys() & curves.get(final_peer, {}).keys():
+            by_photo.setdefault(key[0], []).append(curves[name][key][-1] - curves[final_peer][key][-1])
+        return sum(1 for values in by_photo.values() if statistics.fmean(values) >= 0), len(by_photo)
 
     best_at = [max(peers, key=lambda name: entries[name]["mean"][k]) for k in range(len(epochs))]
-    peer_final = final_by_photo(final_peer)
     lines = [
-        f"{title}: margin to the best of them at each epoch (mean over photos and seeds; the best named "
-        f"below), and photos where the entry ends at or above **{final_peer}**, the best at the end:",
+        f"{title}: margin to the best of them at each epoch (mean over the photos and seeds both have; "
+        f"the best named below), and photos where the entry ends at or above **{final_peer}**, the best "
+        "at the end:",
         "",
         "| entry | " + " | ".join(f"ep {e}" for e in epochs) + " | photos won at the end |",
         "|---|" + "---|" * (len(epochs) + 1),
         "| *best peer* | " + " | ".join(best_at) + " | |",
     ]
-    for name, entry in entries.items():
+    for name in entries:
         if entry_by_name(name).optimizer not in OURS:
             continue
-        margins = [entry["mean"][k] - entries[best_at[k]]["mean"][k] for k in range(len(epochs))]
-        mine = final_by_photo(name)
-        won = sum(1 for photo in peer_final if photo in mine and mine[photo] >= peer_final[photo])
-        lines.append(f"| {name} | " + " | ".join(f"{m:+.3g}" for m in margins) + f" | {won} of {len(peer_final)} |")
+        margins = [margin(name, best_at[k], epoch) for k, epoch in enumerate(epochs)]
+        won, photos = wins(name)
+        lines.append(f"| {name} | " + " | ".join(f"{m:+.3g}" for m in margins) + f" | {won} of {photos} |")
     return lines
 
 
@@ -321,8 +333,11 @@ def probe_report(fields: list[str]) -> list[str]:
         for cell in references + probes:
             by_entry.setdefault(cell["entry"], {}).setdefault(cell["lr"], []).append(cell)
         order = [DEFAULT, "sf-adamw", *(entry.name for entry in PROBES)]
-        for name, by_lr in sorted(by_entry.items(), key=lambda item: order.index(item[0])):
+        for name, by_lr in sorted(by_entry.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
             lr = max(by_lr, key=lambda value: statistics.fmean(score(c) for c in by_lr[value]))
+            if any(score(c) == -math.inf for c in by_lr[lr]):
+                lines.append(f"| {name} | | every lr diverged |")
+                continue
             means = [statistics.fmean(curve(c)[e - 1] for c in by_lr[lr]) for e in shown]
             tried = ", ".join(f"{value:g}" for value in sorted(by_lr))
             lines.append(f"| {name} | {lr:g} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {tried} |")
@@ -346,7 +361,8 @@ def command_report(args: argparse.Namespace) -> None:
         chosen = [c for c in cells if lrs.get(c["entry"]) == c["lr"]]  # finals of an earlier choice drop out
         if not chosen:
             continue
-        entries = sorted({c["entry"] for c in chosen}, key=[e.name for e in ENTRIES].index)
+        order = [e.name for e in ENTRIES + PROBES]
+        entries = sorted({c["entry"] for c in chosen}, key=lambda name: order.index(name) if name in order else 99)
         photos = sorted({c["photo"] for c in chosen})
         metric, epochs = chosen[0].get("metric", "psnr"), chosen[0]["epochs"]
         shown = [e for e in REPORT_EPOCHS if e <= epochs]

@@ -96,7 +96,7 @@ def amortised_ratio(
     else:
         esgd = build_optimizer(optimizer, model_e, lr)
     train_steps(model_a, batch_a, adam, 50, device)
-    train_steps(model_e, batch_e, esgd, 50, device)  # past the warm-up: one HVP per 100 steps now
+    train_steps(model_e, batch_e, esgd, 50, device)  # past the warm-up: one H·v per update_d_every steps from here
     ms = interleaved_ms({"adam": (model_a, batch_a, adam), "esgd": (model_e, batch_e, esgd)}, 100 * cycles, device)
     tag = "same_state" if lr_scale == 0 else "training"
     return {

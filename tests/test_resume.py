@@ -84,12 +84,6 @@ def test_a_flag_that_contradicts_the_record_is_refused_in_one_line(tmp_path):
     first = image_cli(*OPTIONS, "--epochs", "1", "--output-dir", "out", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = only_run_dir(tmp_path / "out")
-    # the record pins the defaults as resolved, so a resume keeps them if a default changes later
-    from nf_precond_plugin.optim.factory import default_lr, optimizer_spec
-
-    record = yaml.safe_load((run_dir / "config.yaml").read_text())
-    name = record["optimizer"]
-    assert (record["lr"], record["schedule"]) == (default_lr(name, "gaussian"), optimizer_spec(name).schedule)
     (run_dir / "summary.json").unlink()  # make it look interrupted, so only the flag can be the problem
     refused = image_cli("--resume", str(run_dir), "--epochs", "5", cwd=tmp_path)
     assert refused.returncode == 2
@@ -117,3 +111,28 @@ def test_a_run_with_a_relative_image_resumes_from_another_directory(tmp_path):
     assert resumed.returncode == 0, resumed.stderr  # the record holds the image's absolute path
     again = image_cli("--resume", str(run_dir), "--image", str(tmp_path / "a" / "target.png"), cwd=tmp_path / "b")
     assert "already complete" in again.stderr  # the same file, given absolute: no contradiction
+
+
+def test_the_record_pins_the_resolved_lr_and_schedule(tmp_path):
+    """A run records the lr and schedule it resolved, so a resume keeps them even if a default
+    changes: another value is refused. A record that left them unset (written before they were
+    pinned) takes them from the flags instead."""
+    first = image_cli(*OPTIONS, "--epochs", "1", "--output-dir", "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    (run_dir / "summary.json").unlink()
+    record_path = run_dir / "config.yaml"
+    record = yaml.safe_load(record_path.read_text())
+    assert record["lr"] is not None and record["schedule"] is not None
+    other = "constant" if record["schedule"] != "constant" else "cosine"
+    refused = image_cli("--resume", str(run_dir), "--schedule", other, cwd=tmp_path)
+    assert refused.returncode == 2 and f"--schedule {other}" in refused.stderr, refused.stderr
+    refused = image_cli("--resume", str(run_dir), "--lr", f"{record['lr'] * 3:g}", cwd=tmp_path)
+    assert refused.returncode == 2 and "--lr" in refused.stderr, refused.stderr
+    # an older record: both unset; the run resumes with them given as flags
+    record_path.write_text(yaml.safe_dump({**record, "lr": None, "schedule": None}, sort_keys=False))
+    flags = ["--lr", f"{record['lr']:g}", "--schedule", record["schedule"]]
+    resumed = image_cli("--resume", str(run_dir), "--epochs", "2", *flags, cwd=tmp_path)
+    assert resumed.returncode == 2 and "--epochs 2" in resumed.stderr  # other options are still checked
+    resumed = image_cli("--resume", str(run_dir), *flags, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr

@@ -154,6 +154,10 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None, pro
 RESUME_MAY_CHANGE = ("resume", "device")
 """Options a resumed run may set differently from its record: where to resume from, and where to
 train (checkpoints hold replicated CPU-loadable state, so a run resumes on any device)."""
+RESUME_MAY_PIN = ("lr", "schedule")
+"""Defaults a record holds as resolved; one that left them unset (each optimizer's default, as
+records did before they were pinned) takes them from the flags, so that a run begun under an
+earlier default resumes with ``--lr``/``--schedule`` set to it."""
 
 
 def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> ConfigT:
@@ -186,7 +190,7 @@ def parse_config(config_type: type[ConfigT], argv: list[str], prog: str) -> Conf
             continue
         # compared as the record holds them (paths as strings, tuples as lists)
         given, kept = plain(getattr(given_config, item.name)), plain(getattr(recorded_config, item.name))
-        if given != kept:
+        if given != kept and not (kept is None and item.name in RESUME_MAY_PIN):
             flag = "--" + item.name.replace("_", "-")
             raise UserInputError(
                 f"{flag} {given}: this run was started with {flag} {kept} ({record_path}); "
@@ -273,15 +277,18 @@ def check_optimizers_build(
     rates: dict[str, float],
     optimizer_args: dict[str, dict[str, Any]],
     lr_given: bool = True,
+    schedules: dict[str, Any] | None = None,
 ) -> None:
-    """Build every optimizer of the run once on the task's model, before anything is written, so
-    that an lr or argument its constructor refuses is one line naming the option."""
-    from nf_precond_plugin.optim.factory import build_optimizer
+    """Build every optimizer of the run once on the task's model, as the run will (under its
+    schedule), before anything is written, so that an lr or argument its constructor refuses is
+    one line naming the option."""
+    from nf_precond_plugin.training.runner import build_scheduled_optimizer
 
     for name in names:
         overrides = {**getattr(task, "optimizer_overrides", lambda _name: {})(name), **optimizer_args.get(name, {})}
+        averages = schedules is not None and name in schedules and schedules[name].averages_weights
         try:
-            build_optimizer(name, task.build_model(), rates[name], **overrides)
+            build_scheduled_optimizer(name, task.build_model(), rates[name], averages, overrides)
         except (ValueError, TypeError) as error:
             given = " ".join(f"{key}={value!r}" for key, value in optimizer_args.get(name, {}).items())
             options = [f"--optimizer {name}"] + ([f"--lr {rates[name]:g}"] if lr_given else [])
@@ -313,7 +320,7 @@ def standalone_main(
     optimizer_args = parse_optimizer_args(config.optimizer_arg, names)
     schedules = parse_schedule(config, names)
     task = task_factory(config)
-    check_optimizers_build(task, names, rates, optimizer_args, lr_given=config.lr is not None)
+    check_optimizers_build(task, names, rates, optimizer_args, lr_given=config.lr is not None, schedules=schedules)
     # the record holds the defaults as resolved where one value serves every optimizer of the run,
     # so that a resumed run keeps them when a default changes
     if config.lr is None and len(set(rates.values())) == 1:
