@@ -71,3 +71,21 @@ def test_a_readme_line_works_as_printed(line, placeholders, tmp_path):
         assert result.returncode == 2 and len(lines) == 1 and "cuda" in lines[0].lower(), result.stderr
         return
     assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+
+
+def test_the_readme_constructor_signatures_are_the_code_s():
+    """Each optimizer signature the README lists (``- `Name(params, k=v, …)` ``) names every
+    setting of the constructor with its default, and nothing else."""
+    import ast
+    import inspect
+
+    from nf_precond_plugin import optim
+
+    listed = re.findall(r"^- `(\w+)\(params, (.*?)\)`", (ROOT / "README.md").read_text(), flags=re.M)
+    assert {name for name, _ in listed} >= {"ESGD", "PaperESGD", "ESGDMax", "AdaHessian"}
+    for name, arguments in listed:
+        call = ast.parse(f"f({arguments})", mode="eval").body
+        readme = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+        parameters = inspect.signature(getattr(optim, name)).parameters
+        code = {k: p.default for k, p in parameters.items() if k not in ("params", "process_group", "probe_seed")}
+        assert readme == code, name
