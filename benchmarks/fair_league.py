@@ -311,6 +311,22 @@ def against_peers(cells: list[dict], entries: dict[str, dict], peers: set[str], 
     return lines
 
 
+def at_equal_time(cells: list[dict], entries: dict[str, dict], epochs: int) -> list[str]:
+    """Each entry's metric (mean over its cells) after the epochs it completes in the wall time the
+    default takes for the whole run (median seconds per epoch; cells ran two at a time, one thread
+    each, so the seconds carry some ±20 %)."""
+    if DEFAULT not in entries:
+        return []
+    budget = entries[DEFAULT]["seconds_per_epoch"] * epochs
+    row = []
+    for name, entry in entries.items():
+        reached = min(epochs, int(budget / entry["seconds_per_epoch"]))
+        mine = [c for c in cells if c["entry"] == name and score(c) > -math.inf]
+        value = statistics.fmean(curve(c)[reached - 1] for c in mine) if reached >= 1 else math.nan
+        row.append(f"{name}: {value:.4g} (ep {reached})")
+    return [f"In the default's wall time for {epochs} epochs ({budget:.0f} s): " + "; ".join(row) + "."]
+
+
 def probe_report(fields: list[str]) -> list[str]:
     """Each probe at its best lr beside the default and schedule-free AdamW (the sweep's cells of
     the same photos), on every field that has probe cells."""
@@ -371,8 +387,8 @@ def command_report(args: argparse.Namespace) -> None:
             f"### {field_name} ({stage.name}: {where}, seeds {sorted({c['seed'] for c in chosen})}, {epochs} epochs, "
             f"{metric})",
             "",
-            "| entry | lr | " + " | ".join(f"ep {e}" for e in shown) + " | worst photo | cells |",
-            "|---|---|" + "---|" * (len(shown) + 2),
+            "| entry | lr | " + " | ".join(f"ep {e}" for e in shown) + " | worst photo | cells | s/epoch |",
+            "|---|---|" + "---|" * (len(shown) + 3),
         ]
         field_summary = {}
         for entry in entries:
@@ -382,18 +398,21 @@ def command_report(args: argparse.Namespace) -> None:
             means = [statistics.fmean(curve(c)[e - 1] for c in mine) for e in shown]
             worst = min(mine, key=score)
             diverged = sum(1 for c in chosen if c["entry"] == entry) - len(mine)
+            per_epoch = statistics.median(c["seconds"] / c["epochs"] for c in mine)
             field_summary[entry] = {
-                "lr": mine[0]["lr"], "epochs": shown, "mean": means, "cells": len(mine), "diverged": diverged
+                "lr": mine[0]["lr"], "epochs": shown, "mean": means, "cells": len(mine), "diverged": diverged,
+                "seconds_per_epoch": per_epoch,
             }  # fmt: skip
             lines.append(
                 f"| {entry} | {mine[0]['lr']:g} | " + " | ".join(f"{m:.4g}" for m in means)
                 + f" | {worst['photo']}: {score(worst):.4g} | {len(mine)}"
-                + (f" ({diverged} diverged) |" if diverged else " |")
+                + (f" ({diverged} diverged)" if diverged else "") + f" | {per_epoch:.2g} |"
             )  # fmt: skip
         peers = {name for name in field_summary if entry_by_name(name).optimizer not in OURS}
         first_order = {name for name in peers if entry_by_name(name).optimizer in FIRST_ORDER}
         lines += ["", *against_peers(chosen, field_summary, first_order, "Against the first-order recipes")]
         lines += ["", *against_peers(chosen, field_summary, peers, "Against every peer (SOAP and K-FAC too)")]
+        lines += ["", *at_equal_time(chosen, field_summary, epochs)]
         summary[field_name] = {"stage": stage.name, "metric": metric, "lrs": lrs, "entries": field_summary}
         lines.append("")
     text = "\n".join(lines)
