@@ -31,9 +31,10 @@ def test_a_gaussian_and_a_relu_pe_field_on_the_same_image_get_different_advice()
     gaussian = run_advise(AdviseCommand(task=AdviseImage(activation="gaussian", **SMALL)))
     relu_pe = run_advise(AdviseCommand(task=AdviseImage(activation="relu-pe", **SMALL)))
     assert gaussian["hvp_zero_fraction"] < SPARSE_FIELD <= relu_pe["hvp_zero_fraction"]
-    # the fair league's winners: a curvature optimizer where H·v is dense, Muon where it is sparse
-    assert (gaussian["recommended"], relu_pe["recommended"]) == ("esgd", "muon")
-    assert (gaussian["schedule"], relu_pe["schedule"]) == ("schedule-free", "cosine")
+    # the fair league's winners: a curvature-aware optimizer (SOAP) where H·v is dense, Muon where it is sparse
+    assert (gaussian["recommended"], relu_pe["recommended"]) == ("soap", "muon")
+    assert (gaussian["schedule"], relu_pe["schedule"]) == ("cosine", "cosine")
+    assert "fair league" in gaussian["reason"] and "fair league" in relu_pe["reason"]
     for advice in (gaussian, relu_pe):
         assert f"{advice['lr']:g}" in advice["probe"][advice["recommended"]]  # a probed lr, not a made-up one
 
@@ -71,3 +72,18 @@ def test_bad_input_gets_one_line_naming_it(tmp_path, args, named):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_league_winner_replaces_the_density_choice_only_on_its_own_side():
+    """A smooth activation's winner replaces the dense choice, a ReLU-like one's the sparse choice;
+    the other side keeps the density default (a field measured against its activation's usual
+    density), and Muon still needs a hidden weight matrix."""
+    from nf_precond_plugin.advisor.recommend import LEAGUE_WINNERS, field_choices
+    from nf_precond_plugin.optim.factory import DEFAULT_OPTIMIZER
+
+    for activation, winner in LEAGUE_WINNERS.items():
+        choices = field_choices(5, activation)
+        side, other = ("sparse", "dense") if activation == "relu-pe" else ("dense", "sparse")
+        assert choices[side] == winner and choices[other] == DEFAULT_OPTIMIZER[other]
+    assert field_choices(5, "relu") == {"dense": DEFAULT_OPTIMIZER["dense"], "sparse": DEFAULT_OPTIMIZER["sparse"]}
+    assert field_choices(2, "relu-pe")["sparse"] == DEFAULT_OPTIMIZER["sparse, no hidden layer"]

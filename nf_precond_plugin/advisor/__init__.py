@@ -8,15 +8,15 @@ Three measurements, in seconds on two CPU cores:
 2. **Curvature spread.** log₁₀ of the ratio of the 90th to the 10th percentile of the
    equilibration estimate √(mean h²) over the parameter entries: how unequal the coordinates'
    curvatures are, i.e. how much a diagonal preconditioner can change.
-3. **A short lr probe.** Each candidate (the project's ESGD and Muon, each at its probe lrs)
-   trains the same number of steps from the same initial weights on the same minibatches; the
-   score is the mean loss of the last few steps.
+3. **A short lr probe.** Each candidate (the optimizers ``recommend.field_choices`` may
+   recommend, each at its probe lrs) trains the same number of steps from the same initial
+   weights on the same minibatches; the score is the mean loss of the last few steps.
 
-Recommendation: dense H·v → ``esgd`` at its best probed lr; sparse H·v (at least
-``SPARSE_FIELD`` of the entries exactly zero) → ``muon``, since a curvature estimate that is zero
-on most coordinates has nothing to precondition with (the paper's §4.3), and Muon's orthogonalised
-steps are the fair league's best there. The advice names the schedule (``--schedule``) with the
-lr. The numbers behind the choice are printed (or returned with ``--json``).
+Recommendation: dense H·v → ``esgd``, sparse H·v (at least ``SPARSE_FIELD`` of the entries exactly
+zero) → ``muon``, since a curvature estimate that is zero on most coordinates has nothing to
+precondition with (the paper's §4.3); for an activation the fair league measured, its winner
+there instead (``recommend.LEAGUE_WINNERS``), at its best probed lr. The advice names the schedule
+(``--schedule``) with the lr. The numbers behind the choice are printed (or returned with ``--json``).
 
 Here: the commands and the output. ``fields`` probes an image or occupancy field, ``nerf`` a NeRF
 scene (nerfstudio, imported on use); ``recommend`` holds what both share, the curvature
@@ -120,7 +120,8 @@ def run_advise(command: AdviseCommand) -> dict[str, Any]:
         advice = advise_nerf(config)
     else:
         result = advise_field_task(config)
-        advice = {**result, **recommend(result, result["probe"], choices=field_choices(config.num_layers))}
+        choices = field_choices(config.num_layers, config.activation)
+        advice = {**result, **recommend(result, result["probe"], choices=choices, activation=config.activation)}
     advice["seconds"] = time.perf_counter() - started
     return advice
 

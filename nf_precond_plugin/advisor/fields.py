@@ -23,9 +23,12 @@ from nf_precond_plugin.training.step import NonFiniteLossError, training_step
 if TYPE_CHECKING:
     from nf_precond_plugin.advisor import AdviseImage, AdviseOccupancy
 
-PROBE_LRS: dict[str, tuple[float, ...]] = {"esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02), "adam": (3e-4, 1e-3, 3e-3)}
-"""The lrs each candidate of ``recommend.FIELD_CHOICES`` is probed at (Muon's: the fair league's
-best on smooth and on ReLU-PE fields)."""
+PROBE_LRS: dict[str, tuple[float, ...]] = {
+    "esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02), "adam": (3e-4, 1e-3, 3e-3), "soap": (3e-4, 1e-3),
+    "sf-adamw": (3e-4, 1e-3),
+}  # fmt: skip
+"""The lrs each candidate of ``recommend.field_choices`` is probed at (Muon's, SOAP's and
+schedule-free AdamW's: around the fair league's best)."""
 WARM_STEPS = 20
 """Adam steps (lr 1e-3) before the H·v density is measured."""
 
@@ -97,6 +100,7 @@ def advise_field_task(config: AdviseImage | AdviseOccupancy) -> dict[str, Any]:
         training_step([warm], lambda x=x, y=y: (task.loss(model(x), y), None), check_finite=False)
     x, y = batches[WARM_STEPS]
     measured = curvature_measurements(params, lambda: task.loss(model(x), y))
-    candidates = list(dict.fromkeys(field_choices(config.num_layers).values()))  # only what may be recommended
+    # only what may be recommended
+    candidates = list(dict.fromkeys(field_choices(config.num_layers, config.activation).values()))
     probe = lr_probe(task.build_model, batches[WARM_STEPS:], task.loss, config.seed, candidates)
     return {"task": task.name, "data": task.describe(), "activation": config.activation, **measured, "probe": probe}
