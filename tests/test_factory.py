@@ -255,7 +255,7 @@ def test_the_inverse_time_decay_span_is_one_epoch_of_the_run(tmp_path):
     task = ImageTask(ImageConfig(size=24, hidden_features=8, num_layers=2))
     settings = RunSettings(
         ["esgd", "adam"], {"esgd": 1.0, "adam": 1e-3}, epochs=3, batch_size=96,
-        schedules={"esgd": ScheduleChoice("inverse-time")},
+        schedules={"esgd": ScheduleChoice("inverse-time"), "adam": ScheduleChoice("constant")},
     )  # fmt: skip
     steps_per_epoch = 24 * 24 // 96
     esgd = build_run(task, settings, "esgd", task.build_model().state_dict(), tmp_path)

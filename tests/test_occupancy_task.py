@@ -55,6 +55,8 @@ def test_sphere_run_writes_mesh_preview_and_improves_iou(tmp_path):
         "adam",
         "--lr",
         "3e-3",
+        "--schedule",
+        "constant",  # six epochs: no room for a decay
         "--sigma",
         "0.3",
         "--output-dir",
@@ -119,6 +121,8 @@ def test_armadillo_trains(shared_data, tmp_path):
         "adam",
         "--lr",
         "3e-3",
+        "--schedule",
+        "constant",  # six epochs: no room for a decay
         "--sigma",
         "0.3",
         "--output-dir",

@@ -26,7 +26,7 @@ class FitConfig:
     """Learning rate; default: each optimizer's default for the activation (the paper's where it gives one)."""
     schedule: str | None = None
     """The lr schedule: constant, inverse-time, exponential, cosine or schedule-free; default: each
-    optimizer's own (the registry's: esgd schedule-free; muon, soap, kfac cosine; the rest constant).
+    optimizer's own (the registry's: esgd schedule-free; adam, muon, soap, kfac cosine; the rest constant).
     Under schedule-free, an optimizer's own momentum is off (β₁ = 0) unless --optimizer-arg sets betas."""
     warmup_epochs: float = 0.0
     """Linear lr warm-up over this many epochs (any schedule)."""
