@@ -186,6 +186,15 @@ def run_cell(field_name: str, photo: str, entry: Entry, lr: float, seed: int, si
     }
 
 
+def photo_mean(values: dict[tuple[str, int], float]) -> float:
+    """The mean over photos of each photo's mean over seeds (a photo run with more seeds does not
+    weigh more)."""
+    by_photo: dict[str, list[float]] = {}
+    for (photo, _seed), value in values.items():
+        by_photo.setdefault(photo, []).append(value)
+    return statistics.fmean(statistics.fmean(seeds) for seeds in by_photo.values())
+
+
 def load_cells(stage: Path, field_name: str) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((stage / field_name).glob("*/*.json"))]
 
@@ -284,7 +293,7 @@ def against_peers(cells: list[dict], entries: dict[str, dict], peers: set[str], 
         shared = curves.get(name, {}).keys() & curves.get(peer, {}).keys()
         if not shared:
             return math.nan
-        return statistics.fmean(curves[name][key][epoch - 1] - curves[peer][key][epoch - 1] for key in shared)
+        return photo_mean({key: curves[name][key][epoch - 1] - curves[peer][key][epoch - 1] for key in shared})
 
     def wins(name: str) -> tuple[int, int]:
         by_photo: dict[str, list[float]] = {}
@@ -294,7 +303,7 @@ def against_peers(cells: list[dict], entries: dict[str, dict], peers: set[str], 
 
     best_at = [max(peers, key=lambda name: entries[name]["mean"][k]) for k in range(len(epochs))]
     lines = [
-        f"{title}: margin to the best of them at each epoch (mean over the photos and seeds both have; "
+        f"{title}: margin to the best of them at each epoch (mean over the photos both have of the mean over seeds; "
         f"the best named below), and photos where the entry ends at or above **{final_peer}**, the best "
         "at the end:",
         "",
@@ -322,7 +331,7 @@ def at_equal_time(cells: list[dict], entries: dict[str, dict], epochs: int) -> l
     for name, entry in entries.items():
         reached = min(epochs, int(budget / entry["seconds_per_epoch"]))
         mine = [c for c in cells if c["entry"] == name and score(c) > -math.inf]
-        value = statistics.fmean(curve(c)[reached - 1] for c in mine) if reached >= 1 else math.nan
+        value = photo_mean({(c["photo"], c["seed"]): curve(c)[reached - 1] for c in mine}) if reached >= 1 else math.nan
         row.append(f"{name}: {value:.4g} (ep {reached})")
     return [f"In the default's wall time for {epochs} epochs ({budget:.0f} s): " + "; ".join(row) + "."]
 
@@ -395,7 +404,7 @@ def command_report(args: argparse.Namespace) -> None:
             mine = [c for c in chosen if c["entry"] == entry and score(c) > -math.inf]
             if not mine:
                 continue
-            means = [statistics.fmean(curve(c)[e - 1] for c in mine) for e in shown]
+            means = [photo_mean({(c["photo"], c["seed"]): curve(c)[e - 1] for c in mine}) for e in shown]
             worst = min(mine, key=score)
             diverged = sum(1 for c in chosen if c["entry"] == entry) - len(mine)
             per_epoch = statistics.median(c["seconds"] / c["epochs"] for c in mine)
