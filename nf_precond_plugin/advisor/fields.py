@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from nf_precond_plugin.advisor import AdviseImage, AdviseOccupancy
 
 PROBE_LRS: dict[str, tuple[float, ...]] = {
-    "esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02), "adam": (3e-4, 1e-3, 3e-3), "soap": (3e-4, 1e-3),
+    "esgd": (0.5, 1.0, 2.0), "muon": (0.005, 0.02), "adam": (3e-4, 1e-3, 3e-3), "soap": (3e-4, 1e-3, 3e-3),
     "sf-adamw": (3e-4, 1e-3),
 }  # fmt: skip
 """The lrs each candidate of ``recommend.field_choices`` is probed at (Muon's, SOAP's and

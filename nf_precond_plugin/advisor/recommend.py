@@ -4,7 +4,7 @@ The measured H·v density picks the side: dense → ``esgd``, sparse (at least `
 the entries exactly zero) → ``muon`` for image and occupancy fields (Newton–Schulz-orthogonalised
 momentum on the hidden weights, cosine), ``adam`` for a NeRF (the plugin has no Muon method). For
 an activation the fair league measured, its winner there replaces that choice (``LEAGUE_WINNERS``:
-SOAP on Gaussian fields, schedule-free AdamW on wavelet ones, ESGD on sine, Muon on ReLU-PE).
+SOAP on Gaussian and ReLU-PE fields, schedule-free AdamW on wavelet ones, ESGD on sine).
 Of the chosen optimizer's probed values (its lr, or for the NeRF's ESGD its clip), those whose
 probe loss is within ``PROBE_TIE`` of the best count as tied, and the smallest of them wins. The
 advice names the schedule too (the optimizer's default in the registry), so that it pastes into
@@ -32,7 +32,7 @@ FIELD_CHOICES: dict[str, str] = {"dense": DEFAULT_OPTIMIZER["dense"], "sparse": 
 default for such a field (``field_choices`` adapts it to a field without hidden layers)."""
 
 
-LEAGUE_WINNERS: dict[str, str] = {"gaussian": "soap", "sine": "esgd", "wavelet": "sf-adamw", "relu-pe": "muon"}
+LEAGUE_WINNERS: dict[str, str] = {"gaussian": "soap", "sine": "esgd", "wavelet": "sf-adamw", "relu-pe": "soap"}
 """The fair league's winner at epoch 30 (mean over photos, each optimizer at its best lr and
 schedule; benchmarks/README.md) for each activation it measured."""
 

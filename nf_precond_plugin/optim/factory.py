@@ -158,7 +158,7 @@ if tuple(_SPECS) != OPTIMIZERS:  # pragma: no cover - caught by any import
 
 DEFAULT_OPTIMIZER = {"dense": "esgd", "sparse": "muon", "sparse, no hidden layer": "adam"}
 """The project's default optimizer by the density of the field's H·v: its own ESGD where H·v is
-dense, Muon (the fair league's winner on ReLU-PE, and the advisor's pick there) where it is sparse.
+dense, Muon where it is sparse (within 0.7 dB of SOAP, the fair league's winner on ReLU-PE).
 Muon needs a hidden weight matrix (a field of at least 3 linear layers); without one, Adam. The
 advisor may recommend another optimizer for a smooth activation where the league measured one
 ahead of ESGD (``advisor.recommend.LEAGUE_WINNERS``)."""
