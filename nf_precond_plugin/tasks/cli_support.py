@@ -282,10 +282,10 @@ def check_optimizers_build(
     """Build every optimizer of the run once on the task's model, as the run will (under its
     schedule), before anything is written, so that an lr or argument its constructor refuses is
     one line naming the option."""
-    from nf_precond_plugin.training.runner import build_scheduled_optimizer
+    from nf_precond_plugin.training.runner import build_scheduled_optimizer, constructor_arguments
 
     for name in names:
-        overrides = {**getattr(task, "optimizer_overrides", lambda _name: {})(name), **optimizer_args.get(name, {})}
+        overrides = constructor_arguments(task, optimizer_args, name)
         averages = schedules is not None and name in schedules and schedules[name].averages_weights
         try:
             build_scheduled_optimizer(name, task.build_model(), rates[name], averages, overrides)

@@ -148,6 +148,12 @@ def schedule_of(settings: RunSettings, name: str) -> ScheduleChoice:
     return settings.schedules.get(name) or ScheduleChoice(optimizer_spec(name).schedule)
 
 
+def constructor_arguments(task: Task, optimizer_args: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The constructor arguments of optimizer ``name`` in a run: the task's (its optional
+    ``optimizer_overrides``), then the user's (``--optimizer-arg``), which win."""
+    return {**getattr(task, "optimizer_overrides", lambda _name: {})(name), **optimizer_args.get(name, {})}
+
+
 def build_scheduled_optimizer(
     name: str, model: torch.nn.Module, lr: float, averages_weights: bool, overrides: dict[str, Any]
 ) -> torch.optim.Optimizer:
@@ -165,8 +171,7 @@ def build_run(task: Task, settings: RunSettings, name: str, initial_state: dict,
     model.load_state_dict(initial_state)
     choice = schedule_of(settings, name)
     schedule = choice.in_steps(task.samples_per_epoch // settings.batch_size, settings.epochs)
-    task_overrides = getattr(task, "optimizer_overrides", lambda _name: {})(name)
-    overrides = {**task_overrides, **settings.optimizer_args.get(name, {})}
+    overrides = constructor_arguments(task, settings.optimizer_args, name)
     optimizer = build_scheduled_optimizer(
         name, model, settings.learning_rates[name], schedule.averages_weights, overrides
     )
